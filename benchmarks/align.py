@@ -1,0 +1,125 @@
+"""How good is the offline shared space on real data (CPU, a few minutes).
+
+her2st: train image<->RNA on sections B4, C2, C3, C4 and test on the held-out section C5:
+image->expression Recall@K against chance, and per-gene Pearson r of a ridge read-out from image
+features for the 50 most variable genes (trained tower vs the same tower at random init).
+PCam: the offline image encoder trained on image<->caption pairs (train split), evaluated on the
+valid split: zero-shot accuracy from two text prompts and linear-probe accuracy (vs random init).
+
+    python benchmarks/align.py --out benchmarks/results/align_cpu.json [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mupd.align.config import preset
+from mupd.align.data import load_pairs
+from mupd.align.evaluate import (check_disjoint, embed_all, linear_probe_accuracy, recall_at_k, ridge_gene_pearson,
+                                 zero_shot_accuracy)
+from mupd.align.train import build_model, train_align
+
+
+@torch.no_grad()
+def tower_features(tower, items, batch_size=256) -> np.ndarray:
+    """Pooled tower tokens (before the projection head): the features a read-out sees."""
+    tower.eval()
+    out = []
+    for i in range(0, len(items), batch_size):
+        tokens, mask = tower.encode(items[i: i + batch_size])
+        out.append(tokens.mean(1))
+    return torch.cat(out).numpy()
+
+
+def her2st(total_samples: int, workdir: Path) -> dict:
+    config = preset("her2st-image-rna", total_samples=total_samples, train_sections=["B4", "C2", "C3", "C4"],
+                    test_sections=["C5"])
+    t0 = time.time()
+    train = load_pairs(config, "train")
+    test = load_pairs(config, "test", vocabulary=train.vocabulary)
+    check_disjoint(train.groups, test.groups)
+    load_s = time.time() - t0
+    random_model = build_model(config, train)  # same seed, untrained: the baseline
+    t0 = time.time()
+    model = train_align(config, workdir / "her2st", progress=False, data=train)
+    train_s = time.time() - t0
+    img, rna = embed_all(model.towers["image"], test.items["image"]), embed_all(model.towers["rna"], test.items["rna"])
+    ks = (1, 5, 10, 50)
+    result = {
+        "config": {"train_sections": config.train_sections, "test_sections": config.test_sections, "n_genes": config.n_genes,
+                   "image_size": config.image_size, "total_samples": total_samples, "batch_size": config.batch_size},
+        "n_train_spots": len(train), "n_test_spots": len(test),
+        "image_to_rna_recall": recall_at_k(img, rna, ks), "rna_to_image_recall": recall_at_k(rna, img, ks),
+        "chance_recall": {k: k / len(test) for k in ks},
+        "load_seconds": round(load_s, 1), "train_seconds": round(train_s, 1),
+    }
+    # top-50 variable genes of the training spots (in the vocabulary's normalised space)
+    y_train, y_test = train.items["rna"].numpy(), test.items["rna"].numpy()
+    top = np.argsort(-y_train.var(0))[:50]
+    genes = [train.vocabulary.genes[i] for i in top]
+    for name, tower in (("trained", model.towers["image"]), ("random_init", random_model.towers["image"])):
+        x_train, x_test = tower_features(tower, train.items["image"]), tower_features(tower, test.items["image"])
+        r = ridge_gene_pearson(x_train, y_train[:, top], x_test, y_test[:, top], alpha=10.0)
+        result[f"ridge_pearson_{name}"] = {"mean": float(r.mean()), "median": float(np.median(r)),
+                                           "n_positive": int((r > 0).sum()), "max": float(r.max())}
+        if name == "trained":
+            result["ridge_pearson_trained"]["per_gene"] = {g: round(float(v), 4) for g, v in zip(genes, r)}
+    return result
+
+
+def pcam(total_samples: int, per_class: int, workdir: Path) -> dict:
+    config = preset("pcam-image-text", total_samples=total_samples, max_per_class=per_class)
+    train = load_pairs(config, "train")
+    valid = load_pairs(preset("pcam-image-text", max_per_class=None), "test")  # the whole valid split
+    random_model = build_model(config, train)
+    t0 = time.time()
+    model = train_align(config, workdir / "pcam", progress=False, data=train)
+    train_s = time.time() - t0
+    prompts = embed_all(model.towers["text"], list(valid.class_prompts))
+    img_valid = embed_all(model.towers["image"], valid.items["image"])
+    result = {"n_train": len(train), "n_valid": len(valid), "prompts": list(valid.class_prompts),
+              "zero_shot_accuracy": zero_shot_accuracy(img_valid, prompts, valid.labels), "train_seconds": round(train_s, 1),
+              "config": {"image_size": config.image_size, "total_samples": total_samples, "per_class": per_class}}
+    for name, tower in (("trained", model.towers["image"]), ("random_init", random_model.towers["image"])):
+        x_train, x_valid = tower_features(tower, train.items["image"]), tower_features(tower, valid.items["image"])
+        result[f"linear_probe_accuracy_{name}"] = linear_probe_accuracy(x_train, train.labels, x_valid, valid.labels)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    scale = 0.1 if args.quick else 1.0
+    started = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        report = {
+            "benchmark": "align", "hardware": f"{platform.machine()} CPU, {args.threads} torch threads",
+            "torch": torch.__version__,
+            "her2st": her2st(int(8192 * scale), Path(tmp)),
+            "pcam": pcam(int(16384 * scale), 1000 if not args.quick else 200, Path(tmp)),
+        }
+    report["total_seconds"] = round(time.time() - started, 1)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    summary = {"her2st_image_to_rna_R@10": report["her2st"]["image_to_rna_recall"][10],
+               "chance@10": report["her2st"]["chance_recall"][10],
+               "ridge_mean_r": report["her2st"]["ridge_pearson_trained"]["mean"],
+               "pcam_zero_shot": report["pcam"]["zero_shot_accuracy"],
+               "pcam_linear_probe": report["pcam"]["linear_probe_accuracy_trained"]}
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""``mupd align train CONFIG_OR_PRESET [--out DIR] [--resume] [--dry-run]`` and ``mupd align evaluate DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("align", help="contrastive image/text/RNA alignment (offline encoders, retrieval)")
+    sub = parser.add_subparsers(dest="align_command", metavar="ACTION")
+    train = sub.add_parser("train", help="train a shared embedding space (presets: pcam-image-text, her2st-image-rna, tcga-rna-text)")
+    train.add_argument("config", help="a preset name or a YAML file (optionally 'preset: NAME' plus fields)")
+    train.add_argument("--out", help="checkpoint folder (default runs/align/<preset>)")
+    train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    train.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    train.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override config fields (YAML values)")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.set_defaults(func=run_train)
+    evaluate = sub.add_parser("evaluate", help="retrieval / zero-shot / linear probe on the held-out split")
+    evaluate.add_argument("path", help="a folder written by 'mupd align train'")
+    evaluate.set_defaults(func=run_evaluate)
+    parser.set_defaults(func=lambda args: (parser.print_help(), 1)[1])
+
+
+def _overrides(items: list[str]) -> dict:
+    import yaml
+
+    from ..errors import MupdError
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise MupdError(f"--set expects FIELD=VALUE, got '{item}'")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def run_train(args) -> int:
+    from pathlib import Path
+
+    from .config import load_config
+
+    config = load_config(args.config, **_overrides(args.set))
+    out = Path(args.out or Path("runs") / "align" / config.name)
+    if args.dry_run:
+        print(json.dumps({"out": str(out), **config.to_dict()}, indent=2))
+        return 0
+    from ..checkpoint import write_json
+    from .data import load_pairs
+    from .evaluate import evaluate_pairs
+    from .train import train_align
+
+    train = load_pairs(config, "train")
+    model = train_align(config, out, resume=args.resume, progress=not args.no_progress, data=train)
+    metrics = evaluate_pairs(model, train, load_pairs(config, "test", vocabulary=train.vocabulary))
+    write_json(out / "metrics.json", metrics)
+    print(json.dumps(metrics, indent=2))
+    print(f"wrote {out} (use it with registry.build(<modality>, 'mupd-aligned', path='{out}'))")
+    return 0
+
+
+def run_evaluate(args) -> int:
+    from ..checkpoint import read_json
+    from .config import AlignConfig, replace
+    from .data import load_pairs
+    from .evaluate import evaluate_pairs
+    from .model import AlignModel, load_vocabulary
+
+    model = AlignModel.from_pretrained(args.path).eval()
+    saved = read_json(f"{args.path}/config.json").get("align_config", {})
+    config = replace(AlignConfig(), **saved)
+    vocabulary = load_vocabulary(args.path)
+    train = load_pairs(config, "train", vocabulary=vocabulary)
+    metrics = evaluate_pairs(model, train, load_pairs(config, "test", vocabulary=vocabulary or train.vocabulary))
+    print(json.dumps(metrics, indent=2))
+    return 0

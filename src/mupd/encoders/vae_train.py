@@ -1,0 +1,188 @@
+"""``mupd vae train``: train a small ``AutoencoderKL`` from scratch on patch data.
+
+Loss = L1 (or MSE) reconstruction + ``kl_weight`` * KL(posterior || N(0, I)); AdamW; a tqdm bar;
+units are images seen. Every ``checkpoint_every`` images the state (weights, optimizer moments,
+images seen) is written atomically to ``OUT/checkpoint/``; re-running the same command resumes.
+The data order is a pure function of (seed, epoch), so a resumed run sees the same images.
+
+At the end: latent statistics are fitted on the training images, the autoencoder is saved to
+``OUT/`` (``LatentAutoencoder.save_pretrained`` layout) and reconstruction PSNR/SSIM
+(``skimage.metrics``) on held-out patches go to ``OUT/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import require
+
+PRESETS = {
+    # name: (block_out_channels, downsample)
+    "tiny": (32, 64),  # 2x
+    "small": (32, 64, 64),  # 4x
+    "f8": (64, 128, 128, 128),  # 8x, the SD layout at reduced width
+}
+
+
+@dataclass
+class VAETrainConfig:
+    data: str
+    out: str
+    preset: str = "small"
+    latent_channels: int = 4
+    size: int = 64
+    samples: int = 4096  # images seen in training
+    batch_size: int = 16
+    lr: float = 1e-3
+    kl_weight: float = 1e-6
+    loss: str = "l1"  # "l1" | "mse"
+    holdout: int = 32  # held-out patches for PSNR/SSIM
+    limit: int | None = None  # patches per class read from the folder
+    checkpoint_every: int = 1024
+    seed: int = 0
+    max_minutes: float | None = None
+
+
+def _load_images(cfg: VAETrainConfig) -> torch.Tensor:
+    from ..data.encode import EncodeJob, load_source
+    from ..data.images import to_tensor
+
+    records = load_source(EncodeJob(cfg.data, "", cfg.out, limit=cfg.limit))
+    require(len(records) > cfg.holdout + 1, f"{cfg.data}: {len(records)} patches are too few for a hold-out of {cfg.holdout}")
+    chunks = [to_tensor([r.image for r in records[i:i + 256]], cfg.size) for i in range(0, len(records), 256)]
+    return torch.cat(chunks)
+
+
+def _split(n: int, holdout: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[holdout:], perm[:holdout]
+
+
+def _order(seed: int, n: int, start: int, count: int) -> torch.Tensor:
+    out, pos = [], start
+    while pos < start + count:
+        epoch, offset = divmod(pos, n)
+        take = min(n - offset, start + count - pos)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 1)
+        out.append(torch.randperm(n, generator=g)[offset:offset + take])
+        pos += take
+    return torch.cat(out)
+
+
+def _save_state(path: Path, vae, optim, seen: int, cfg: VAETrainConfig) -> None:
+    from ..checkpoint import atomic_folder, save_tensors, write_json
+
+    with atomic_folder(path) as tmp:
+        save_tensors(tmp / "model.safetensors", vae.state_dict())
+        flat = {}
+        for i, state in optim.state_dict()["state"].items():
+            for key, value in state.items():
+                flat[f"{i}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+        save_tensors(tmp / "optimizer.safetensors", flat)
+        write_json(tmp / "state.json", {"images_seen": seen, "config": asdict(cfg)})
+
+
+def _load_state(path: Path, vae, optim) -> int:
+    from ..checkpoint import load_into, load_tensors, read_json
+
+    load_into(vae, path / "model.safetensors")
+    flat = load_tensors(path / "optimizer.safetensors")
+    state = optim.state_dict()
+    per_param: dict[int, dict] = {}
+    for key, value in flat.items():
+        i, name = key.split(".", 1)
+        per_param.setdefault(int(i), {})[name] = value
+    state["state"] = per_param
+    optim.load_state_dict(state)
+    return int(read_json(path / "state.json")["images_seen"])
+
+
+def reconstruction_metrics(ae, images: torch.Tensor) -> dict:
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    from ..data.images import to_uint8
+
+    ae.eval()
+    with torch.no_grad():
+        recon = ae.decode(ae.encode(images))
+    real, fake = to_uint8(images), to_uint8(recon)
+    psnr = [peak_signal_noise_ratio(a, b, data_range=255) for a, b in zip(real, fake)]
+    ssim = [structural_similarity(a, b, channel_axis=2, data_range=255) for a, b in zip(real, fake)]
+    return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim)), "n_holdout": len(real)}
+
+
+def train_vae(cfg: VAETrainConfig, *, progress: bool = True) -> dict:
+    from tqdm.auto import tqdm
+
+    from ..settings import settings
+    from .vae import LatentAutoencoder
+
+    require(cfg.preset in PRESETS, f"unknown VAE preset '{cfg.preset}'; choose one of {sorted(PRESETS)}")
+    require(cfg.loss in ("l1", "mse"), f"loss must be 'l1' or 'mse', not {cfg.loss!r}")
+    blocks = PRESETS[cfg.preset]
+    require(cfg.size % 2 ** (len(blocks) - 1) == 0, f"size {cfg.size} must be a multiple of {2 ** (len(blocks) - 1)}")
+    out = Path(cfg.out)
+    device = settings.torch_device()
+    images = _load_images(cfg)
+    train_idx, held_idx = _split(len(images), cfg.holdout, cfg.seed)
+    ae = LatentAutoencoder.tiny(latent_channels=cfg.latent_channels, block_out_channels=blocks, sample_size=cfg.size,
+                                seed=cfg.seed).to(device)
+    vae = ae.vae
+    vae.requires_grad_(True).train()
+    optim = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+    ckpt = out / "checkpoint"
+    seen = _load_state(ckpt, vae, optim) if (ckpt / "state.json").exists() else 0
+    bar = tqdm(total=cfg.samples, initial=min(seen, cfg.samples), desc="vae train", unit="img", disable=not progress)
+    started, last_save, loss_value = time.time(), seen, float("nan")
+    noise = torch.Generator(device="cpu")
+    while seen < cfg.samples:
+        count = min(cfg.batch_size, cfg.samples - seen)
+        batch = images[train_idx[_order(cfg.seed, len(train_idx), seen, count)]].to(device)
+        noise.manual_seed(cfg.seed * 7919 + seen)  # posterior sample, reproducible on resume
+        dist = vae.encode(batch).latent_dist
+        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=noise).to(device)
+        recon = vae.decode(z).sample
+        rec = (recon - batch).abs().mean() if cfg.loss == "l1" else ((recon - batch) ** 2).mean()
+        loss = rec + cfg.kl_weight * dist.kl().mean()
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        seen += count
+        loss_value = float(loss.detach())
+        bar.update(count)
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+        out_of_time = cfg.max_minutes is not None and time.time() - started > 60 * cfg.max_minutes
+        if seen - last_save >= cfg.checkpoint_every or seen >= cfg.samples or out_of_time:
+            _save_state(ckpt, vae, optim, seen, cfg)
+            last_save = seen
+        if out_of_time:
+            break
+    bar.close()
+    vae.requires_grad_(False).eval()
+    ae.fit_latent_stats(images[train_idx].split(64))
+    metrics = {"images_seen": seen, "finished": seen >= cfg.samples, "final_loss": loss_value,
+               "downsample": ae.downsample, "latent_channels": ae.latent_channels, "image_size": cfg.size,
+               **reconstruction_metrics(ae, images[held_idx].to(device)), "config": asdict(cfg)}
+    ae.meta["trained_on"] = str(cfg.data)
+    _save_final(ae, out, metrics)
+    return metrics
+
+
+def _save_final(ae, out: Path, metrics: dict) -> None:
+    """The autoencoder files go next to checkpoint/ and metrics.json in OUT (written atomically each)."""
+    import shutil
+
+    from ..checkpoint import write_json
+
+    staging = out.parent / f".{out.name}.final"
+    ae.save_pretrained(staging)
+    for f in staging.iterdir():
+        shutil.move(str(f), str(out / f.name))
+    shutil.rmtree(staging, ignore_errors=True)
+    write_json(out / "metrics.json", {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()})

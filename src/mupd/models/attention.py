@@ -1,0 +1,144 @@
+"""Attention: self-attention over image tokens, and the cross-modal attention that reads condition
+tokens, in its decoupled form (one stream per modality, DESIGN §2) and its shared ablation.
+
+All attention goes through ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-
+efficient kernels on CUDA). A condition is a :class:`ConditionTokens`: tokens already at model width,
+an SDPA mask (None when every token is real, which keeps the fast kernels) and a per-sample ``keep``
+multiplier that is 0 for samples whose mask row is all False, so those samples get exactly zero
+(not NaN) from the stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+@dataclass
+class ConditionTokens:
+    """One modality's condition, ready for attention (built once per forward by the model)."""
+
+    tokens: torch.Tensor  # (B, L, D) at model width
+    attn_mask: torch.Tensor | None  # (B, 1, 1, L) bool, True = attend; None = attend to all
+    keep: torch.Tensor | None  # (B, 1, 1) 0/1 in the tokens' dtype; None = every sample kept
+
+    @staticmethod
+    def build(tokens: torch.Tensor, mask: torch.Tensor | None) -> "ConditionTokens":
+        """``mask`` (B, L) bool or None. Rows with no real token attend to everything (finite) and are
+        zeroed afterwards through ``keep``."""
+        if mask is None or bool(mask.all()):
+            return ConditionTokens(tokens, None, None)
+        has_any = mask.any(dim=1)
+        safe = mask | ~has_any[:, None]
+        keep = None if bool(has_any.all()) else has_any.to(tokens.dtype)[:, None, None]
+        attn_mask = None if bool(safe.all()) else safe[:, None, None, :]
+        return ConditionTokens(tokens, attn_mask, keep)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection (DiT layout: ``qkv``, ``proj``)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+
+
+class CrossAttention(nn.Module):
+    """Image tokens (queries) attend to condition tokens (keys/values); fused k/v projection."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, cond: ConditionTokens) -> torch.Tensor:
+        B, N, D = x.shape
+        L = cond.tokens.shape[1]
+        h = self.num_heads
+        q = self.q(x).view(B, N, h, D // h).transpose(1, 2)
+        k, v = self.kv(cond.tokens).view(B, L, 2, h, D // h).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=cond.attn_mask)
+        out = self.proj(out.transpose(1, 2).reshape(B, N, D))
+        if cond.keep is not None:
+            out = out * cond.keep
+        return out
+
+
+class CrossStream(nn.Module):
+    """One modality's stream: its own adaLN (shift, scale, gate; zero-initialised so a fresh model
+    ignores the condition) and its own cross-attention."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 3 * dim))
+        self.attn = CrossAttention(dim, num_heads)
+
+    def forward(self, normed: torch.Tensor, c: torch.Tensor, cond: ConditionTokens) -> torch.Tensor:
+        shift, scale, gate = self.adaLN_modulation(c).chunk(3, dim=1)
+        return gate.unsqueeze(1) * self.attn(modulate(normed, shift, scale), cond)
+
+
+class DecoupledCrossAttention(nn.Module):
+    """``h + sum_m lambda_m * g_m * CrossAttn_m(modulate(LN(h)), C_m)`` over the modalities present.
+
+    Absent modalities are skipped (not computed), so their contribution is exactly zero.
+    """
+
+    def __init__(self, dim: int, num_heads: int, modalities: tuple[str, ...]):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.streams = nn.ModuleDict({m: CrossStream(dim, num_heads) for m in modalities})
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, conds: dict[str, ConditionTokens], scales: dict[str, float]) -> torch.Tensor:
+        if not conds:
+            return x
+        normed = self.norm(x)  # shared by all streams
+        for name, cond in conds.items():
+            out = self.streams[name](normed, c, cond)
+            scale = scales.get(name, 1.0)
+            x = x + (out if scale == 1.0 else scale * out)
+        return x
+
+
+class SharedCrossAttention(nn.Module):
+    """Ablation: one cross-attention over all condition tokens concatenated; a learned modality
+    embedding is added to each modality's tokens so the stream can tell them apart."""
+
+    def __init__(self, dim: int, num_heads: int, modalities: tuple[str, ...]):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.modality_embed = nn.ParameterDict({m: nn.Parameter(torch.randn(dim) * 0.02) for m in modalities})
+        self.stream = CrossStream(dim, num_heads)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, conds: dict[str, ConditionTokens], scales: dict[str, float]) -> torch.Tensor:
+        if not conds:
+            return x
+        tokens, masks = [], []
+        for name, cond in conds.items():
+            tokens.append(cond.tokens + self.modality_embed[name])
+            B, L = cond.tokens.shape[:2]
+            mask = torch.ones(B, L, dtype=torch.bool, device=x.device)
+            if cond.attn_mask is not None:
+                mask = cond.attn_mask[:, 0, 0, :].clone()
+            if cond.keep is not None:  # a dropped sample's tokens must not be attended to
+                mask &= cond.keep[:, 0, :].bool()
+            masks.append(mask)
+        joint = ConditionTokens.build(torch.cat(tokens, dim=1), torch.cat(masks, dim=1))
+        return x + self.stream(self.norm(x), c, joint)

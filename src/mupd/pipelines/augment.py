@@ -1,0 +1,115 @@
+"""Augment: write a synthetic labelled dataset for few-shot training.
+
+Input: a class-per-folder dataset (``FOLDER/<class>/*.png``, as ``mupd.data.patch_folder`` reads).
+Output: the same layout under ``OUT`` with ``per_class`` generated images per class, each PNG
+carrying its generation parameters, plus ``OUT/manifest.csv`` (``id, path, label, class_name,
+caption, reference, seed, sampler, steps, guidance, conditions, model``) that
+``mupd.data.read_manifest`` reads back.
+
+Each class is conditioned by what the model offers: its label caption (``labels`` in
+model_index.json, keyed by class folder name), a real image of that class through the
+reference-image stream (cycled over the class's images), and optionally SDEdit from a real image
+(``strength`` < 1). Re-running the same command resumes: images already listed are kept.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..errors import MupdError, require
+from .output import append_manifest, manifest_row
+
+CLASS_SEED_STRIDE = 100_003  # seeds of different classes never collide for per_class < stride
+
+
+def augment(pipe, data: str | os.PathLike, out: str | os.PathLike, *, per_class: int, steps: int = 20,
+            sampler: str = "heun", guidance: float | dict | None = None, seed: int = 0,
+            strength: float | None = None, use_reference: bool = True, batch_size: int = 8,
+            limit_real: int | None = None, progress: bool = True) -> Path:
+    """Generate ``per_class`` images for every class folder of ``data`` into ``out``; returns the manifest path."""
+    from ..data import patch_folder
+
+    require(isinstance(per_class, int) and per_class >= 1, f"--per-class must be a positive integer, got {per_class!r}")
+    require(per_class < CLASS_SEED_STRIDE, f"--per-class must be below {CLASS_SEED_STRIDE}")
+    records = patch_folder(data, limit_per_class=limit_real)
+    classes: dict[str, list] = {}
+    for r in records:
+        require(r.label is not None, f"{data} is not a class-per-folder dataset (found images directly in it); "
+                                     "put each class's images in a sub-folder named after the class")
+        classes.setdefault(str(r.meta.get("class_name", r.label)), []).append(r)
+    has_stream = "image" in pipe.modalities and "image" in pipe.encoders
+    out = Path(out)
+    manifest = out / "manifest.csv"
+    done = _done_ids(manifest)
+    bar = tqdm(total=per_class * len(classes), desc="augment", unit="img", disable=not progress)
+    for c_index, (class_name, real) in enumerate(sorted(classes.items())):
+        caption = pipe.labels.get(class_name)
+        use_ref = bool(use_reference and has_stream)
+        if caption is None and not use_ref and strength is None:
+            raise MupdError(
+                f"class '{class_name}': the model has no label caption for it (labels: {sorted(pipe.labels)}) and "
+                "no reference-image stream, so nothing would tie the images to the class; use a model trained "
+                "with these labels, or pass --strength (SDEdit from the real images)")
+        todo = [k for k in range(per_class) if f"{class_name}/syn-{k:05d}" not in done]
+        bar.update(per_class - len(todo))
+        for start in range(0, len(todo), batch_size):
+            ks = todo[start : start + batch_size]
+            rows = _generate_chunk(pipe, out, class_name, caption, real, ks, c_index * CLASS_SEED_STRIDE + seed,
+                                   steps=steps, sampler=sampler, guidance=guidance, strength=strength,
+                                   use_ref=use_ref)
+            append_manifest(manifest, rows)  # after every chunk: an interrupted run resumes here
+            bar.update(len(ks))
+    bar.close()
+    return manifest
+
+
+def _generate_chunk(pipe, out: Path, class_name: str, caption, real: list, ks: list[int], class_seed: int, *,
+                    steps, sampler, guidance, strength, use_ref) -> list[dict]:
+    refs = [_fit(pipe, real[k % len(real)].image) for k in ks]
+    ref_names = [str(real[k % len(real)].image) for k in ks]
+    label = real[0].label
+    text_guidance = guidance
+    if isinstance(guidance, (int, float)) and caption is None and not use_ref:
+        text_guidance = None  # SDEdit alone has no condition to guide towards
+    outputs = []
+    if strength is not None:
+        for k, ref in zip(ks, refs):
+            outputs.append(pipe.vary(ref, strength=strength, n=1, use_reference=use_ref, text=caption, steps=steps,
+                                     sampler=sampler, guidance=text_guidance, seed=class_seed + k))
+    else:
+        for k, ref in zip(ks, refs):  # one call per image: seed k repeats on its own
+            outputs.append(pipe.generate(text=caption, image=ref if use_ref else None, n=1, steps=steps,
+                                         sampler=sampler, guidance=text_guidance, seed=class_seed + k))
+    rows = []
+    for k, ref_name, result in zip(ks, ref_names, outputs):
+        rel = f"{class_name}/syn-{k:05d}.png"
+        result.save(out / class_name, prefix="syn", start=k, manifest=False)
+        row = manifest_row(rel, result.parameters[0], id=rel[:-4], path=rel, label=label, class_name=class_name,
+                           caption=caption or "", reference=ref_name if (use_ref or strength is not None) else "")
+        rows.append(row)
+    return rows
+
+
+def _fit(pipe, image) -> Image.Image:
+    """A real image as the model's tile: centre-crop to square, resize to the model's image size."""
+    from .inputs import load_image
+
+    im = load_image(image, what="real image")
+    side = min(im.size)
+    left, top = (im.size[0] - side) // 2, (im.size[1] - side) // 2
+    im = im.crop((left, top, left + side, top + side))
+    if side != pipe.image_size:
+        im = im.resize((pipe.image_size, pipe.image_size), Image.Resampling.BICUBIC)
+    return im
+
+
+def _done_ids(manifest: Path) -> set[str]:
+    if not manifest.exists():
+        return set()
+    with open(manifest, newline="", encoding="utf-8") as fh:
+        return {row["id"] for row in csv.DictReader(fh) if (manifest.parent / row["path"]).exists()}

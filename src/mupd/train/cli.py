@@ -1,0 +1,119 @@
+"""``mupd train CONFIG`` and ``mupd demo``.
+
+    mupd train configs/pcam-tiny.yaml                       # resumes automatically from OUT/checkpoint
+    mupd train configs/pcam-tiny.yaml --set optim.lr=3e-4 --model.preset S/2 --dry-run
+    mupd train --preset tiny --set data.path=/data/pcam/train --set vae.path=/models/vae
+    torchrun --nproc-per-node 8 -m mupd train configs/pcam-S2.yaml   (see mupd.train.distributed)
+    mupd demo [--minutes 5] [--out ./mupd-demo] [--data FOLDER] [--image-size 64] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers) -> None:
+    train = subparsers.add_parser(
+        "train",
+        help="train or fine-tune a MuPD model from a YAML config (torchrun for many GPUs)",
+        description="Train from a YAML config. Override keys with --set section.key=value or --section.key value. "
+        "A run folder that already holds a checkpoint resumes from it.",
+    )
+    train.add_argument("config", nargs="?", help="YAML config (schema: mupd.train.config)")
+    _train_options(train)
+    _accept_dotted_flags(train)
+    train.set_defaults(func=run_train)
+
+    demo = subparsers.add_parser(
+        "demo",
+        help="the first run: train a small text-conditioned model on real PCam patches for a few minutes on the CPU",
+        description="Trains a tiny autoencoder and a small MuPD on PCam patches (from the sample data, or --data "
+        "FOLDER of class-per-folder patches), then writes samples.png, metrics.json, report.html and checkpoint/.",
+    )
+    demo.add_argument("--minutes", type=float, default=5.0, help="training time budget (autoencoder + generator), default 5")
+    demo.add_argument("--out", default="./mupd-demo", help="output folder (default ./mupd-demo)")
+    demo.add_argument("--device", default=None, help="cpu, cuda or auto (default: settings / MUPD_DEVICE)")
+    demo.add_argument("--data", default=None, help="a folder with one sub-folder of image patches per class (default: PCam from the sample data)")
+    demo.add_argument("--image-size", type=int, default=64, help="patch size in pixels (PCam's 96 px are resized), default 64")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.set_defaults(func=run_demo)
+
+
+def _train_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. optim.lr=3e-4 (repeatable)")
+    parser.add_argument("--preset", default=None, help="start from a named training preset (tiny, demo, S/2-256, XL/2-256, XL/2-512)")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config as YAML and exit")
+    parser.add_argument("--resume", nargs="?", const="auto-required", default="auto", metavar="CHECKPOINT",
+                        help="resume from CHECKPOINT (default: OUTPUT/checkpoint when it exists)")
+    parser.add_argument("--no-resume", action="store_true", help="start fresh even if OUTPUT/checkpoint exists")
+    parser.add_argument("--device", default=None, help="cpu, cuda or auto")
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop (and checkpoint) after this much wall time")
+
+
+def dotted_to_set(tokens: list[str]) -> list[str]:
+    """Rewrite ``--section.key VALUE`` / ``--section.key=VALUE`` as ``--set section.key=VALUE``."""
+    out, i = [], 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token.startswith("--") and "." in token.split("=", 1)[0] and not token.startswith("--set"):
+            if "=" in token:
+                out += ["--set", token[2:]]
+                i += 1
+                continue
+            if i + 1 < len(tokens):
+                out += ["--set", f"{token[2:]}={tokens[i + 1]}"]
+                i += 2
+                continue
+        out.append(token)
+        i += 1
+    return out
+
+
+def _accept_dotted_flags(parser: argparse.ArgumentParser) -> None:
+    """Let this sub-parser take dotted flags, whatever the top-level parser does with the rest."""
+    original = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        return original(dotted_to_set(list(sys.argv[1:] if args is None else args)), namespace)
+
+    parser.parse_known_args = parse_known_args
+
+
+def resolve_config(args: argparse.Namespace):
+    from ..errors import MupdError
+    from .config import TrainConfig
+
+    overrides = list(args.overrides)
+    if args.config:
+        base = TrainConfig.from_yaml(args.config, overrides=([f"preset={args.preset}"] if args.preset else []) + overrides)
+    elif args.preset:
+        base = TrainConfig.from_dict({"preset": args.preset}).with_overrides(overrides)
+    else:
+        raise MupdError("mupd train needs a CONFIG file or --preset NAME (try: mupd train --preset tiny --dry-run)")
+    return base.validate()
+
+
+def run_train(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)
+    if args.dry_run:
+        sys.stdout.write(cfg.to_yaml())
+        return 0
+    from .loop import train
+
+    resume = False if args.no_resume else (True if args.resume == "auto-required" else args.resume)
+    max_seconds = None if args.max_minutes is None else 60.0 * args.max_minutes
+    result = train(cfg, device=args.device, resume=resume, max_seconds=max_seconds)
+    print(f"mupd train: {result['images_seen']} images in {result['seconds']:.0f} s "
+          f"({result['images_per_s']:.1f} img/s); checkpoint: {result['checkpoint']}", flush=True)
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo as demo
+
+    summary = demo(minutes=args.minutes, out=args.out, device=args.device, data=args.data, image_size=args.image_size,
+                   seed=args.seed, progress=not args.no_progress)
+    print(f"mupd demo: wrote {summary['out']}/samples.png, metrics.json, report.html and checkpoint/", flush=True)
+    return 0

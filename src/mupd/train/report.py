@@ -1,0 +1,83 @@
+"""``report.html`` for ``mupd demo``: the sample grid, the loss curve and the metrics, one page,
+self-contained (images embedded as base64), readable without a server."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+
+def _png_data(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def loss_plot(curve: list[dict]) -> str | None:
+    """The training loss against images seen, as an embedded PNG (None without points)."""
+    if len(curve) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
+    ax.plot([p["images"] for p in curve], [p["loss"] for p in curve], lw=1.2)
+    ax.set_xlabel("images seen")
+    ax.set_ylabel("flow-matching loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _fmt(estimate) -> str:
+    if isinstance(estimate, dict) and "value" in estimate:
+        low, high = estimate.get("low"), estimate.get("high")
+        ci = f" (95% CI {low:.4g} to {high:.4g})" if low is not None and high is not None else ""
+        return f"{estimate['value']:.4g}{ci}"
+    return html.escape(str(estimate))
+
+
+def write_report(out: Path, metrics: dict) -> Path:
+    out = Path(out)
+    gen, ae, ev = metrics["generator"], metrics["autoencoder"], metrics["evaluation"]
+    extractor = ev["feature_extractor"]
+    warning = f"<p class='warn'>{html.escape(extractor['warning'])}</p>" if extractor.get("warning") else ""
+    plot = loss_plot(gen["loss_curve"])
+    rows = [
+        ("data", metrics["data"]["source"]),
+        ("training patches / held-out", f"{metrics['data']['train_patches']} / {metrics['data']['held_out_patches']} at {metrics['data']['image_size']} px"),
+        ("autoencoder", f"{ae['steps']} steps, {ae['images_seen']} crops, {ae['seconds']} s; held-out PSNR {ae['held_out_reconstruction']['psnr_db']:.2f} dB"),
+        ("generator", f"{gen['model']['parameters']:,} parameters, {gen['images_seen']} images seen in {gen['seconds']} s ({gen['images_per_s']} img/s)"),
+        ("loss (first / last 10 % of steps)", f"{gen['loss_first_10pct']:.4f} / {gen['loss_last_10pct']:.4f}"),
+        ("sampler", json.dumps(gen["sampler"])),
+        ("feature extractor", extractor["name"]),
+        ("FID generated vs held-out real", _fmt(ev["generated_vs_real"]["fid"])),
+        ("KID generated vs held-out real", _fmt(ev["generated_vs_real"]["kid"])),
+        ("FID autoencoder reconstructions vs real (floor)", _fmt(ev["autoencoder_reconstructions_vs_real"]["fid"])),
+        ("settings", json.dumps(metrics["settings"])),
+        ("total time", f"{metrics['total_seconds']} s"),
+    ]
+    table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v)) if not str(v).startswith('<') else v}</td></tr>" for k, v in rows)
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>mupd demo report</title>
+<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto;color:#222}} th{{text-align:left;padding-right:1em;vertical-align:top}}
+td,th{{border-bottom:1px solid #ddd;padding:4px}} .warn{{color:#a40}} img{{max-width:100%;image-rendering:pixelated}}</style></head>
+<body><h1>mupd demo</h1>
+<p>A small MuPD (flow matching, decoupled cross-attention on a hashed-words caption stream) trained on the CPU
+for a few minutes. Expect colour and texture statistics of the tissue, not convincing histology:
+that needs a pretrained autoencoder, a larger model and hours of GPU time.</p>
+<h2>Samples</h2><img src="{_png_data(out / 'samples.png')}" alt="real and generated patches per class">
+<h2>Training loss</h2>{f'<img src="{plot}" alt="loss curve">' if plot else '<p>(too few log points)</p>'}
+<h2>Numbers</h2>{warning}<table>{table}</table>
+<p>Full numbers: <code>metrics.json</code>; the trained pipeline: <code>checkpoint/</code>.</p>
+</body></html>
+"""
+    path = out / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path
