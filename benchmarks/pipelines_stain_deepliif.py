@@ -113,7 +113,7 @@ def main() -> int:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         ema.update(model)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         step += 1
     train_seconds = time.perf_counter() - t0
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 
+from mupd.checkpoint import load_tensors
 from mupd.cli import main
 from mupd.data import read_manifest
 from mupd.data.expression import GeneVocabulary
@@ -63,12 +65,19 @@ def test_deepliif_panels_and_paired_manifest(sample_data, tmp_path):
 
 def test_vae_train_reports_psnr_ssim_and_resumes(sample_data, tmp_path):
     args = ["vae", "train", "--data", str(sample_data / "pcam" / "train"), "--out", str(tmp_path / "vae"), "--preset", "tiny",
-            "--size", "32", "--batch-size", "4", "--limit", "8", "--holdout", "4", "--checkpoint-every", "8", "--no-progress"]
-    assert main(args + ["--samples", "8"]) == 0
+            "--size", "32", "--batch-size", "4", "--limit", "6", "--holdout", "4", "--checkpoint-every", "4", "--no-progress"]
+    assert main(args + ["--samples", "4"]) == 0
     first = json.loads((tmp_path / "vae" / "metrics.json").read_text())
-    assert first["images_seen"] == 8 and first["n_holdout"] == 4 and 0 < first["psnr"] < 60 and -1 <= first["ssim"] <= 1
-    assert main(args + ["--samples", "16"]) == 0  # resumes from checkpoint/ at 8 images
+    assert first["images_seen"] == 4 and first["n_holdout"] == 4 and 0 < first["psnr"] < 60 and -1 <= first["ssim"] <= 1
+    assert main(args + ["--samples", "8"]) == 0  # resumes from checkpoint/ at 4 images
     second = json.loads((tmp_path / "vae" / "metrics.json").read_text())
-    assert second["images_seen"] == 16
+    assert second["images_seen"] == 8 and second["final_loss"] != first["final_loss"]
     ae = LatentAutoencoder.from_pretrained(tmp_path / "vae")
     assert ae.downsample == 2 and ae.meta["trained_on"].endswith("train")
+    # the resumed run ends where an uninterrupted one does
+    straight = [a if a != str(tmp_path / "vae") else str(tmp_path / "straight") for a in args]
+    assert main(straight + ["--samples", "8"]) == 0
+    resumed = load_tensors(tmp_path / "vae" / "checkpoint" / "model.safetensors")
+    uninterrupted = load_tensors(tmp_path / "straight" / "checkpoint" / "model.safetensors")
+    for key in resumed:
+        torch.testing.assert_close(resumed[key], uninterrupted[key])

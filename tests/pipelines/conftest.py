@@ -84,3 +84,9 @@ def _randomise_gates(model) -> None:
         for p in model.parameters():
             if p.ndim >= 1 and torch.count_nonzero(p) == 0:
                 p.normal_(0.0, 0.02)
+
+
+@pytest.fixture(scope="session")
+def make_vae():
+    """The tiny autoencoder builder, for tests that assemble their own pipeline folder."""
+    return tiny_vae

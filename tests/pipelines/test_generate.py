@@ -122,3 +122,28 @@ def test_malformed_inputs_raise_clear_errors(pipe, sample_data, tmp_path, refere
         pipe(text="x", n=1, steps=1, sampler="ddim")
     with pytest.raises(MupdError, match="2 values given for n=3"):
         pipe(text=["a", "b"], n=3, steps=1)
+
+
+def test_rna_through_vocabulary_and_pathway_scores(tmp_path, sample_data, make_vae):
+    """A model whose RNA stream takes the 331 SurvPath pathway scores: a TCGA row is mapped through
+    the saved vocabulary, scored, and fed as a vector modality."""
+    from mupd import MuPD
+    from mupd.bundle import save_bundle
+    from mupd.data.expression import GeneVocabulary
+    from mupd.data.pathways import PathwayScorer
+
+    path = sample_data / "tcga" / "tcga_paad_all_clean.csv.gz"
+    table = pd.read_csv(path, nrows=30, low_memory=False)
+    cols = [c for c in table.columns if c.endswith("_rnaseq")]
+    vocab = GeneVocabulary.fit(table[cols].to_numpy(np.float64), [c[:-7] for c in cols], normalisation="none")
+    scorer = PathwayScorer.from_csv(sample_data / "genesets" / "combine_signatures.csv")
+    model = MuPD.from_preset("tiny", modalities=("text",), cond_dims={"text": 32}, vector_modalities={"rna": len(scorer)}, input_size=8)
+    save_bundle(tmp_path / "p", model=model, vae=make_vae(), vocabulary=vocab, pathways=scorer,
+                encoders={"text": ("hashed-words", {"width": 32}, None)}, extra={"image_size": 32})
+    pipe = Pipeline.from_pretrained(tmp_path / "p")
+    vector, source, note = pipe.rna_vector(f"{path}:{table['slide_id'].iloc[3]}")
+    expected = scorer.score(vocab.transform(table.loc[[3], cols].to_numpy(np.float64), [c[:-7] for c in cols])[0], vocab.genes)[0]
+    assert vector.shape == (len(scorer),) and np.allclose(vector, expected)
+    assert f"{len(cols)}/{len(cols)} vocabulary genes matched" in note
+    out = pipe(rna=f"{path}:{table['slide_id'].iloc[3]}", text="pancreas", n=1, steps=1, guidance={"rna": 2.0})
+    assert out.parameters[0]["mupd:conditions"]["rna"]["source"].endswith(table["slide_id"].iloc[3])

@@ -124,8 +124,13 @@ class SharedCrossAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, modalities: tuple[str, ...]):
         super().__init__()
         self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.modality_embed = nn.ParameterDict({m: nn.Parameter(torch.randn(dim) * 0.02) for m in modalities})
+        self.modality_embed = nn.ParameterDict({m: nn.Parameter(torch.empty(dim)) for m in modalities})
         self.stream = CrossStream(dim, num_heads)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for param in self.modality_embed.values():
+            nn.init.normal_(param, std=0.02)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, conds: dict[str, ConditionTokens], scales: dict[str, float]) -> torch.Tensor:
         if not conds:

@@ -94,8 +94,13 @@ class VectorTokenizer(nn.Module):
 
     def __init__(self, num_entries: int, hidden_size: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(num_entries, hidden_size) * 0.02)
-        self.bias = nn.Parameter(torch.randn(num_entries, hidden_size) * 0.02)
+        self.weight = nn.Parameter(torch.empty(num_entries, hidden_size))
+        self.bias = nn.Parameter(torch.empty(num_entries, hidden_size))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=0.02)
+        nn.init.normal_(self.bias, std=0.02)
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         return values.to(self.weight.dtype)[..., None] * self.weight + self.bias

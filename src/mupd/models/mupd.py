@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..checkpoint import atomic_folder, load_into, read_json, save_tensors, write_json
 from ..errors import MupdError
-from .attention import ConditionTokens
+from .attention import ConditionTokens, SharedCrossAttention
 from .blocks import ClsHead, FinalLayer, MuPDBlock
 from .config import MuPDConfig
 from .embeddings import ConditionProjector, PatchEmbed, TimestepEmbedder, VectorTokenizer, sincos_pos_embed_2d
@@ -28,31 +28,41 @@ CONFIG_FORMAT = "mupd-model"
 
 
 class MuPD(nn.Module):
-    def __init__(self, config: MuPDConfig):
+    def __init__(self, config: MuPDConfig, device: torch.device | str | None = None):
+        """Build (and initialise) the model on ``device`` (default: torch's default device).
+
+        Modules are created on the meta device and initialised once in place, so large presets
+        build without paying for PyTorch's default init first; on ``"meta"`` nothing is allocated.
+        """
         super().__init__()
         self.config = config
+        target = torch.device(device) if device is not None else torch.get_default_device()
         D = config.hidden_size
-        self.x_embedder = PatchEmbed(config.patch_size, config.in_channels, D, config.extra_in_channels)
-        self.t_embedder = TimestepEmbedder(D, config.time_scale, config.timestep_freq_shift)
+        with torch.device("meta"):
+            self.x_embedder = PatchEmbed(config.patch_size, config.in_channels, D, config.extra_in_channels)
+            self.t_embedder = TimestepEmbedder(D, config.time_scale, config.timestep_freq_shift)
+            self.cond_embedders = nn.ModuleDict(
+                {
+                    m: VectorTokenizer(config.vector_modalities[m], D) if m in config.vector_modalities else ConditionProjector(config.cond_dims[m], D)
+                    for m in config.modalities
+                }
+            )
+            self.blocks = nn.ModuleList(
+                [MuPDBlock(D, config.num_heads, config.mlp_ratio, config.modalities, config.attention) for _ in range(config.depth)]
+            )
+            self.final_layer = FinalLayer(D, config.patch_size, config.out_channels)
+            self.cls_head = ClsHead(config.cls_dim, D) if config.cls_dim else None
+        self.to_empty(device=target)
         grid = config.input_size // config.patch_size
-        self.register_buffer("pos_embed", sincos_pos_embed_2d(D, grid, grid)[None], persistent=False)
-        self.cond_embedders = nn.ModuleDict(
-            {
-                m: VectorTokenizer(config.vector_modalities[m], D) if m in config.vector_modalities else ConditionProjector(config.cond_dims[m], D)
-                for m in config.modalities
-            }
-        )
-        self.blocks = nn.ModuleList(
-            [MuPDBlock(D, config.num_heads, config.mlp_ratio, config.modalities, config.attention) for _ in range(config.depth)]
-        )
-        self.final_layer = FinalLayer(D, config.patch_size, config.out_channels)
-        self.cls_head = ClsHead(config.cls_dim, D) if config.cls_dim else None
-        self.initialize_weights()
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(D, grid, grid, device=target)[None], persistent=False)
+        if target.type != "meta":
+            self.initialize_weights()
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "MuPD":
-        return cls(MuPDConfig.from_preset(name, **overrides))
+    def from_preset(cls, name: str, device=None, **overrides) -> "MuPD":
+        """``MuPD.from_preset("XL/2", modalities=("image", "text", "rna"))``; see ``MuPDConfig.from_preset``."""
+        return cls(MuPDConfig.from_preset(name, **overrides), device=device)
 
     def initialize_weights(self) -> None:
         """DiT's init: xavier Linear, N(0, 0.02) timestep MLP, zero adaLN (every gate starts closed),
@@ -63,6 +73,8 @@ class MuPD(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+            elif isinstance(module, (VectorTokenizer, SharedCrossAttention)):
+                module.reset_parameters()
 
         self.apply(basic)
         w = self.x_embedder.proj.weight

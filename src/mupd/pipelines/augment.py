@@ -81,8 +81,12 @@ def _generate_chunk(pipe, out: Path, class_name: str, caption, real: list, ks: l
         for k, ref in zip(ks, refs):
             outputs.append(pipe.vary(ref, strength=strength, n=1, use_reference=use_ref, text=caption, steps=steps,
                                      sampler=sampler, guidance=text_guidance, seed=class_seed + k))
+    elif ks == list(range(ks[0], ks[0] + len(ks))):  # consecutive: one batched call, image i gets seed + i
+        batch = pipe.generate(text=caption, image=refs if use_ref else None, n=len(ks), steps=steps, sampler=sampler,
+                              guidance=text_guidance, seed=class_seed + ks[0], batch_size=len(ks))
+        outputs = [_single(batch, i) for i in range(len(ks))]
     else:
-        for k, ref in zip(ks, refs):  # one call per image: seed k repeats on its own
+        for k, ref in zip(ks, refs):
             outputs.append(pipe.generate(text=caption, image=ref if use_ref else None, n=1, steps=steps,
                                          sampler=sampler, guidance=text_guidance, seed=class_seed + k))
     rows = []
@@ -93,6 +97,12 @@ def _generate_chunk(pipe, out: Path, class_name: str, caption, real: list, ks: l
                            caption=caption or "", reference=ref_name if (use_ref or strength is not None) else "")
         rows.append(row)
     return rows
+
+
+def _single(output, i: int):
+    from .output import PipelineOutput
+
+    return PipelineOutput([output.images[i]], [output.parameters[i]], output.notes)
 
 
 def _fit(pipe, image) -> Image.Image:

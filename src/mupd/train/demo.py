@@ -75,7 +75,11 @@ def _split(records, holdout_folder: Path | None, n_eval: int, seed: int):
 
 
 def run_demo(*, minutes: float = 5.0, out: str | Path = "./mupd-demo", device: str | None = None, data: str | None = None,
-             image_size: int = 64, seed: int = 0, progress: bool = True) -> dict:
+             image_size: int = 64, seed: int = 0, progress: bool = True, eval_samples: int | None = None, sample_steps: int = 20) -> dict:
+    """Run the demo; returns ``{"out": folder, "metrics": the metrics.json dict}``.
+
+    ``eval_samples``: generated (and held-out real) patches for FID/KID, default ~26 per minute of
+    budget (max 128); ``sample_steps``: Heun steps for the samples."""
     from ..checkpoint import write_json
     from ..settings import settings
     from .autoencoder import reconstruction_error, train_autoencoder
@@ -96,7 +100,7 @@ def run_demo(*, minutes: float = 5.0, out: str | Path = "./mupd-demo", device: s
 
     train_root, holdout_root, captions, source = find_data(data, seed)
     n_train = int(min(4000, max(128, 700 * minutes)))
-    n_eval = int(min(256, max(32, 50 * minutes)))
+    n_eval = int(eval_samples or min(128, max(16, 26 * minutes)))
     records = _records(train_root, None if data else max(n_train // 2, 8))
     train_recs, held_recs = _split(records, holdout_root, n_eval, seed)
     classes = sorted({r.label for r in train_recs}, key=str)
@@ -133,13 +137,13 @@ def run_demo(*, minutes: float = 5.0, out: str | Path = "./mupd-demo", device: s
     # 3. samples per class, FID/KID against held-out real patches
     from .preview import labelled_grid, sample_images, save_png
 
-    per_class_eval = max(n_eval // len(classes), 4)
+    per_class_eval = max(n_eval // len(classes), 8)  # 8 fill a row of samples.png
     rows, fakes, reals = [], [], []
     for k, cls in enumerate(classes):
         caption = captions[str(cls)]
         tokens, mask = trainer._encode_captions(trainer.encoders["text"], [caption] * per_class_eval)
         images = sample_images(trainer.ema.module, vae, {"text": (tokens, mask)}, per_class_eval, trainer.latent_shape,
-                               method="heun", steps=cfg.preview.steps, guidance=cfg.preview.guidance, seed=seed + 1000 + k)
+                               method="heun", steps=sample_steps, guidance=cfg.preview.guidance, seed=seed + 1000 + k)
         fakes.append(images)
         real = [np.asarray(pixels[i].permute(1, 2, 0)) for i in range(len(labels)) if labels[i] == cls][:8]
         rows.append((f"real: {caption}", np.stack(real)))
@@ -166,7 +170,7 @@ def run_demo(*, minutes: float = 5.0, out: str | Path = "./mupd-demo", device: s
                       "images_seen": result["images_seen"], "steps": result["steps"], "seconds": round(result["seconds"], 1),
                       "images_per_s": round(result["images_per_s"], 2), "loss_first_10pct": float(np.mean(losses[:k])),
                       "loss_last_10pct": float(np.mean(losses[-k:])), "loss_curve": curve,
-                      "sampler": {"method": "heun", "steps": cfg.preview.steps, "guidance": cfg.preview.guidance}},
+                      "sampler": {"method": "heun", "steps": sample_steps, "guidance": cfg.preview.guidance}},
         "evaluation": evaluation,
         "total_seconds": round(time.perf_counter() - t_start, 1),
     }
