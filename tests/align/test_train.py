@@ -29,6 +29,17 @@ def test_dry_run_prints_resolved_config(capsys):
     assert main(["align", "train", "tiny-pcam", "--dry-run", "--set", "nonsense=1"]) == 2
 
 
+def test_yaml_config_with_preset_and_overrides(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text("preset: tiny-her2st\ntest_sections: [C5]\ntrain_sections: [B4, C2]\nbatch_size: 8\n")
+    assert main(["align", "train", str(path), "--dry-run"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["train_sections"] == ["B4", "C2"] and printed["batch_size"] == 8 and printed["n_genes"] == 32
+    path.write_text("preset: tiny-her2st\ntrain_sections: [C5]\n")
+    assert main(["align", "train", str(path), "--out", str(tmp_path / "x")]) == 2  # same section on both sides
+    assert "both train and test" in capsys.readouterr().err
+
+
 def test_cli_trains_evaluates_and_registry_loads(sample_data, tmp_path, capsys):
     out = tmp_path / "aligned"
     assert main(["align", "train", "tiny-pcam", "--out", str(out), "--no-progress", "--set", "total_samples=16"]) == 0
@@ -37,6 +48,9 @@ def test_cli_trains_evaluates_and_registry_loads(sample_data, tmp_path, capsys):
     assert 0.0 <= metrics["zero_shot_image"] <= 1.0
     for name in ("config.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json"):
         assert (out / name).exists()
+    capsys.readouterr()
+    assert main(["align", "evaluate", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["zero_shot_image"] == metrics["zero_shot_image"]
     image = registry.build("image", "mupd-aligned", path=out)
     text = registry.build("text", "mupd-aligned", path=out)
     assert image.width == 32 and text.width == 32 and not any(p.requires_grad for p in image.parameters())

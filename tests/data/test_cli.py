@@ -51,6 +51,12 @@ def test_index_spatial_and_fit_vocabulary(sample_data, tmp_path):
     assert len(vocab) == 100
     z, report = vocab.transform(np.stack([r.expression for r in spots]), spots[0].genes)
     np.testing.assert_allclose(z.mean(0), 0, atol=1e-4)
+    LatentAutoencoder.tiny().save_pretrained(tmp_path / "vae")
+    assert main(["data", "encode", str(tmp_path / "v.csv"), "--vae", str(tmp_path / "vae"), "--out", str(tmp_path / "s"),
+                 "--vocabulary", str(tmp_path / "vocab.json"), "--no-progress"]) == 0
+    data = read_all(tmp_path / "s")
+    torch.testing.assert_close(data["rna_values"], torch.from_numpy(z))
+    assert GeneVocabulary.load(tmp_path / "s" / "gene_vocabulary.json").version == vocab.version
 
 
 def test_deepliif_panels_and_paired_manifest(sample_data, tmp_path):
@@ -65,7 +71,7 @@ def test_deepliif_panels_and_paired_manifest(sample_data, tmp_path):
 
 def test_vae_train_reports_psnr_ssim_and_resumes(sample_data, tmp_path):
     args = ["vae", "train", "--data", str(sample_data / "pcam" / "train"), "--out", str(tmp_path / "vae"), "--preset", "tiny",
-            "--size", "32", "--batch-size", "4", "--limit", "6", "--holdout", "4", "--checkpoint-every", "4", "--no-progress"]
+            "--size", "16", "--batch-size", "4", "--limit", "6", "--holdout", "4", "--checkpoint-every", "4", "--no-progress"]
     assert main(args + ["--samples", "4"]) == 0
     first = json.loads((tmp_path / "vae" / "metrics.json").read_text())
     assert first["images_seen"] == 4 and first["n_holdout"] == 4 and 0 < first["psnr"] < 60 and -1 <= first["ssim"] <= 1

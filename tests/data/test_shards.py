@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 
 import mupd.data.encode as encode_module
 from mupd.data.encode import EncodeJob, encode_dataset
-from mupd.data.shards import ShardDataset, dihedral, read_all, read_index
+from mupd.data.shards import ShardDataset, dihedral, read_all, read_index, write_shards
 from mupd.encoders.vae import LatentAutoencoder
 from mupd.errors import MupdError
 
@@ -137,3 +137,15 @@ def test_unreadable_image_stops_or_is_skipped_and_reported(sample_data, vae_dir,
     encode_dataset(job, progress=False)
     index = read_index(tmp_path / "s2")
     assert index["n"] == 2 and index["skipped"]["unreadable image"] == {"count": 1, "first": [f"1/{bad.stem}"]}
+
+
+def test_write_shards_from_memory_round_trips(clean_run, tmp_path):
+    data = read_all(clean_run)
+    samples = [{"id": i, "latent": data["latent"][k], "label": int(data["labels"][k]), "caption": data["captions"][k]}
+               for k, i in enumerate(data["ids"][:5])]
+    write_shards(tmp_path / "m", samples, shard_size=2, meta={"note": "copied"})
+    back = read_all(tmp_path / "m")
+    assert back["ids"] == data["ids"][:5] and read_index(tmp_path / "m")["note"] == "copied"
+    torch.testing.assert_close(back["latent"], data["latent"][:5])
+    with pytest.raises(MupdError, match="unique"):
+        write_shards(tmp_path / "d", samples[:2] + samples[:1])

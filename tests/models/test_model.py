@@ -256,3 +256,24 @@ def test_extra_input_channels_start_at_zero():
     a = model(torch.cat([x, torch.zeros(2, 4, 8, 8)], 1), t)
     b = model(torch.cat([x, torch.randn(2, 4, 8, 8)], 1), t)
     assert torch.equal(a, b) and a.shape == (2, 4, 8, 8)
+
+
+@pytest.mark.parametrize("attention", ["decoupled", "shared"])
+def test_prepared_conditions_cache_keys_and_values(attention):
+    model = perturb_zero_init_(tiny(attention=attention)).eval()
+    x, t = inputs()
+    c = conds()
+    c["text"][1][2] = False  # one sample without text
+    with torch.no_grad():
+        direct = model(x, t, c)
+        prepared = model.prepare_conditions(c, batch_size=3)
+        first = model(x, t, prepared)
+        cached = sum(len(cond.cache) for cond in prepared.values())
+        assert cached == model.config.depth * (3 if attention == "decoupled" else 1)
+        second = model(x + 1, t * 0.5, prepared)  # reuses the cached keys/values
+        assert torch.allclose(first, direct, atol=1e-6)
+        assert torch.allclose(second, model(x + 1, t * 0.5, c), atol=1e-6)
+        with pytest.raises(MupdError, match="batch size 3"):
+            model(x[:2], t[:2], prepared)
+    with pytest.raises(MupdError, match="no_grad"):
+        model(x, t, prepared)

@@ -142,7 +142,7 @@ def test_rna_through_vocabulary_and_pathway_scores(tmp_path, sample_data, make_v
                 encoders={"text": ("hashed-words", {"width": 32}, None)}, extra={"image_size": 32})
     pipe = Pipeline.from_pretrained(tmp_path / "p")
     vector, source, note = pipe.rna_vector(f"{path}:{table['slide_id'].iloc[3]}")
-    expected = scorer.score(vocab.transform(table.loc[[3], cols].to_numpy(np.float64), [c[:-7] for c in cols])[0], vocab.genes)[0]
+    expected = scorer.score(vocab.transform(table.loc[[3], cols].to_numpy(np.float32), [c[:-7] for c in cols])[0], vocab.genes)[0]
     assert vector.shape == (len(scorer),) and np.allclose(vector, expected)
     assert f"{len(cols)}/{len(cols)} vocabulary genes matched" in note
     out = pipe(rna=f"{path}:{table['slide_id'].iloc[3]}", text="pancreas", n=1, steps=1, guidance={"rna": 2.0})

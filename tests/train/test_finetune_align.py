@@ -90,9 +90,9 @@ def test_alignment_loss_falls_on_pcam_with_a_frozen_vit(tmp_path, sample_data, t
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **args)
     timm.models.save_for_hf(vit, str(tmp_path / "vit"), model_args=args, safe_serialization=True)
     cfg = TrainConfig.from_dict({
-        "preset": "tiny", "output": str(tmp_path / "align"), "progress": False, "total_images": 320,
+        "preset": "tiny", "output": str(tmp_path / "align"), "progress": False, "total_images": 160,
         "data": {"path": str(sample_data / "pcam" / "valid"), "limit": 32, "image_size": 32},
-        "vae": {"path": str(tiny_vae_dir)}, "optim": {"lr": 2e-3}, "intervals": {"log": 8},
+        "vae": {"path": str(tiny_vae_dir)}, "optim": {"lr": 5e-3}, "intervals": {"log": 8},
         "align": {"encoder": "timm", "path": str(tmp_path / "vit"), "block": 1, "weight": 1.0, "cls_weight": 0.1, "projector_dim": 32},
     })
     trainer = Trainer(cfg, device="cpu", resume=False)
@@ -104,7 +104,7 @@ def test_alignment_loss_falls_on_pcam_with_a_frozen_vit(tmp_path, sample_data, t
     log = read_metrics(Path(cfg.output))
     align = [r["loss_align"] for r in log]
     cls = [r["loss_cls"] for r in log]
-    assert sum(align[-3:]) / 3 < 0.8 * sum(align[:3]) / 3, align
+    assert sum(align[-3:]) < 0.9 * sum(align[:3]), align
     assert sum(cls[-3:]) < sum(cls[:3]), cls
     # the projector is part of the resumable state
     assert (Path(cfg.output) / "checkpoint" / "train_state" / "extra.safetensors").exists()

@@ -4,8 +4,10 @@ Plan: records are loaded in a deterministic order and cut into shards of ``shard
 holds records ``[k*S, (k+1)*S)``. Rank r of W processes writes shards r, r+W, ... (under
 ``torchrun`` the gloo/NCCL process group is joined automatically; without it, 1 process does all).
 A finished shard whose planned ids match is kept on re-run, so a killed job resumes where it
-stopped; ``index.json`` is written last, once every shard exists. See ``mupd.data.shards`` for
-the format.
+stopped; ``index.json`` is written last, once every shard exists. Re-runs are deterministic
+(posterior means, fixed batches per shard): byte-identical on the same machine with the same
+torch thread count (CPU kernels may round differently with another thread count). See
+``mupd.data.shards`` for the format.
 
 Sources: a manifest (.csv/.tsv/.parquet; ``source_path`` column -> paired), a class-per-folder
 patch folder, a folder with ``manifest.csv`` (e.g. ``mupd data tile`` output) or a DeepLIIF folder

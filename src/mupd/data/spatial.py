@@ -109,8 +109,10 @@ def load_her2st(root: str | os.PathLike, sections: Sequence[str] | None = None, 
         parts.append(_her2st_section(root, s, crop, size, skips, max_spots))
     require(bool(parts), f"her2st {root}: none of the sections {sections} has counts and an image (available: {available})")
     genes = sorted(set().union(*[set(p[3]) for p in parts])) if len(parts) > 1 else parts[0][3]
-    counts = []
+    counts, filled = [], {}
     for ids, sec, imgs, g, c, xy in parts:
+        if len(g) < len(genes):
+            filled[sec[0] if sec else "?"] = len(genes) - len(g)
         idx = {x: k for k, x in enumerate(g)}
         full = np.zeros((len(ids), len(genes)), np.float32)  # a gene absent from a section's table had 0 counts
         cols = [idx.get(x) for x in genes]
@@ -121,7 +123,8 @@ def load_her2st(root: str | os.PathLike, sections: Sequence[str] | None = None, 
         ids=[i for p in parts for i in p[0]], section=[x for p in parts for x in p[1]],
         images=np.concatenate([p[2] for p in parts]), counts=np.concatenate(counts), genes=list(genes),
         coords=np.concatenate([p[5] for p in parts]),
-        meta={"source": "her2st", "crop_px": crop, "um_per_px": 0.78, "values": "raw counts"}, skipped=skips.reasons)
+        meta={"source": "her2st", "crop_px": crop, "um_per_px": 0.78, "values": "raw counts",
+              "genes_absent_from_section_set_to_0": filled}, skipped=skips.reasons)
 
 
 def _her2st_section(root: Path, s: str, crop: int, size: int | None, skips: _Skips, max_spots: int | None):

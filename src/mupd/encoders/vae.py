@@ -74,7 +74,8 @@ class LatentAutoencoder(nn.Module):
     def tiny(cls, *, latent_channels: int = 4, block_out_channels: tuple[int, ...] = (32, 64), in_channels: int = 3,
              out_channels: int | None = None, sample_size: int = 64, norm_num_groups: int = 8, seed: int | None = 0,
              ) -> "LatentAutoencoder":
-        """A small randomly initialised AutoencoderKL (2 blocks -> 2x down, 3 blocks -> 4x, 4 -> 8x)."""
+        """A small randomly initialised AutoencoderKL (2 blocks -> 2x down, 3 blocks -> 4x, 4 -> 8x).
+        Latent stats start at mean 0, std 1 (no SD scaling factor); fit them with ``fit_latent_stats``."""
         from diffusers import AutoencoderKL
 
         n = len(block_out_channels)

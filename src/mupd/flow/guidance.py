@@ -37,50 +37,63 @@ def branch_conditions(conditions: dict, branches: list[set[str]], batch_size: in
     return out
 
 
-def guided_velocity(model, x: torch.Tensor, t, conditions: dict | None, guidance=None, *, scales=None, cls: torch.Tensor | None = None):
-    """Guided velocity at (x, t). ``guidance``: None (plain conditional), a float (joint) or
-    ``{modality: scale}``. Returns ``v``, or ``(v, cls_v)`` when ``cls`` is given."""
-    conditions = {k: v for k, v in (conditions or {}).items() if v is not None}
-    B = x.shape[0]
-    t = torch.as_tensor(t, dtype=torch.float32, device=x.device)
-    t = t.reshape(1).expand(B) if t.numel() == 1 else t
-    kwargs = {"scales": scales} if scales else {}
+class GuidancePlan:
+    """The branches and weights for one guidance setting, with the stacked conditions built once.
 
-    def run(xb, tb, cond, clsb):
-        if clsb is None:
-            return model(xb, tb, cond, **kwargs), None
-        out, extras = model(xb, tb, cond, cls=clsb, return_extras=True, **kwargs)
-        return out, extras["cls_v"]
+    ``prepare=True`` (samplers, under no_grad) encodes the conditions once through
+    ``model.prepare_conditions`` so keys/values are reused across steps."""
 
-    present = set(conditions)
-    if guidance is None or not present or (not isinstance(guidance, dict) and float(guidance) == 1.0):
-        v, cls_v = run(x, t, conditions, cls)
-        return v if cls is None else (v, cls_v)
+    def __init__(self, model, conditions: dict | None, guidance, batch_size: int, *, prepare: bool = False):
+        conditions = {k: v for k, v in (conditions or {}).items() if v is not None}
+        present = set(conditions)
+        self.batch_size = batch_size
+        if guidance is None or not present or (not isinstance(guidance, dict) and float(guidance) == 1.0):
+            branches, self.weights = [present], []
+        elif isinstance(guidance, dict):
+            unknown = set(guidance) - present
+            if unknown:
+                raise MupdError(f"guidance given for {sorted(unknown)} but no such condition was passed (present: {sorted(present)})")
+            guided = [m for m in conditions if m in guidance]
+            base = present - set(guided)
+            branches = [base] + [base | {m} for m in guided]
+            self.weights = [float(guidance[m]) for m in guided]
+        else:
+            branches, self.weights = [set(), present], [float(guidance)]
+        self.num_branches = len(branches)
+        if self.num_branches == 1:
+            self.conditions = conditions
+        else:
+            self.conditions = branch_conditions(conditions, branches, batch_size)
+        if prepare and self.conditions and hasattr(model, "prepare_conditions"):
+            self.conditions = model.prepare_conditions(self.conditions, batch_size * self.num_branches)
 
-    if isinstance(guidance, dict):
-        unknown = set(guidance) - present
-        if unknown:
-            raise MupdError(f"guidance given for {sorted(unknown)} but no such condition was passed (present: {sorted(present)})")
-        guided = [m for m in conditions if m in guidance]
-        base = present - set(guided)
-        branches = [base] + [base | {m} for m in guided]
-        weights = [float(guidance[m]) for m in guided]
-    else:
-        branches = [set(), present]
-        weights = [float(guidance)]
+    def velocity(self, model, x: torch.Tensor, t: torch.Tensor, *, scales=None, cls: torch.Tensor | None = None):
+        n = self.num_branches
+        kwargs = {"scales": scales} if scales else {}
+        xb = x if n == 1 else x.repeat(n, *([1] * (x.ndim - 1)))
+        tb = t if n == 1 else t.repeat(n)
+        if cls is None:
+            out, cls_out = model(xb, tb, self.conditions, **kwargs), None
+        else:
+            out, extras = model(xb, tb, self.conditions, cls=cls if n == 1 else cls.repeat(n, 1), return_extras=True, **kwargs)
+            cls_out = extras["cls_v"]
+        v = self._combine(out)
+        return v if cls is None else (v, self._combine(cls_out))
 
-    n = len(branches)
-    cond = branch_conditions(conditions, branches, B)
-    xb = x.repeat(n, *([1] * (x.ndim - 1)))
-    clsb = None if cls is None else cls.repeat(n, 1)
-    v_all, cls_all = run(xb, t.repeat(n), cond, clsb)
-
-    def combine(out):
-        parts = out.chunk(n, dim=0)
+    def _combine(self, out: torch.Tensor) -> torch.Tensor:
+        if self.num_branches == 1:
+            return out
+        parts = out.chunk(self.num_branches, dim=0)
         result = parts[0]
-        for w, part in zip(weights, parts[1:]):
+        for w, part in zip(self.weights, parts[1:]):
             result = result + w * (part - parts[0])
         return result
 
-    v = combine(v_all)
-    return v if cls is None else (v, combine(cls_all))
+
+def guided_velocity(model, x: torch.Tensor, t, conditions: dict | None, guidance=None, *, scales=None, cls: torch.Tensor | None = None):
+    """Guided velocity at (x, t). ``guidance``: None (plain conditional), a float (joint) or
+    ``{modality: scale}``. Returns ``v``, or ``(v, cls_v)`` when ``cls`` is given."""
+    B = x.shape[0]
+    t = torch.as_tensor(t, dtype=torch.float32, device=x.device)
+    t = t.reshape(1).expand(B) if t.numel() == 1 else t
+    return GuidancePlan(model, conditions, guidance, B).velocity(model, x, t, scales=scales, cls=cls)

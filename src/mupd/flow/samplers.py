@@ -14,21 +14,29 @@ from tqdm.auto import tqdm
 
 from ..errors import MupdError
 from ..settings import settings
-from .guidance import guided_velocity
+from .guidance import GuidancePlan, guided_velocity
 from .interpolant import expand_t, score_from_velocity
 
 METHODS = ("heun", "euler", "euler_maruyama")
 
 
-def time_grid(steps: int, schedule: str = "linear", shift: float = 3.0, t_end: float = 0.0) -> torch.Tensor:
-    """``steps + 1`` times (float64) from 1 down to ``t_end`` (shifted by ``schedule``)."""
+def time_grid(steps: int, schedule: str = "linear", shift: float = 3.0, t_end: float = 0.0, t_start: float = 1.0) -> torch.Tensor:
+    """``steps + 1`` times (float64) from ``t_start`` down to ``t_end``, evenly spaced in the
+    schedule's coordinate (for ``time_shift``: in ``u`` with ``t = s u / (1 + (s - 1) u)``)."""
     if steps < 1:
         raise MupdError(f"steps must be >= 1, got {steps}")
-    t = torch.linspace(1.0, t_end, steps + 1, dtype=torch.float64)
-    if schedule == "time_shift":
-        t = shift * t / (1 + (shift - 1) * t)
-    elif schedule != "linear":
+    if not 0.0 <= t_end < t_start <= 1.0:
+        raise MupdError(f"need 0 <= t_end < t_start <= 1, got t_start={t_start}, t_end={t_end}")
+    if schedule == "linear":
+        return torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64)
+    if schedule != "time_shift":
         raise MupdError(f"schedule must be 'linear' or 'time_shift', not {schedule!r}")
+    if shift <= 0:
+        raise MupdError(f"shift must be positive, got {shift}")
+    inverse = lambda t: t / (shift - (shift - 1) * t)  # noqa: E731
+    u = torch.linspace(inverse(t_start), inverse(t_end), steps + 1, dtype=torch.float64)
+    t = shift * u / (1 + (shift - 1) * u)
+    t[0], t[-1] = t_start, t_end  # exact endpoints
     return t
 
 
@@ -56,6 +64,7 @@ def sample(
     schedule: str = "linear",
     shift: float = 3.0,
     t_end: float = 0.04,
+    t_start: float = 1.0,
     extra_input: torch.Tensor | None = None,
     cls_noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -68,6 +77,7 @@ def sample(
     applied only while ``guidance_interval[0] <= t <= guidance_interval[1]``. ``extra_input`` (source
     latents) is concatenated after x at every call. Models with a CLS token integrate it alongside
     (from ``cls_noise`` or fresh noise from ``generator``). ``t_end`` is used by the SDE only.
+    ``t_start < 1`` starts part-way (SDEdit): ``noise`` is then the partly noised ``x_t``.
     """
     if method not in METHODS:
         raise MupdError(f"method must be one of {METHODS}, not {method!r}")
@@ -78,19 +88,28 @@ def sample(
     if cls_dim and getattr(model, "cls_head", None) is not None:
         cls = cls_noise.float().to(device) if cls_noise is not None else _randn((x.shape[0], cls_dim), generator, x)
 
+    # conditions are encoded once per plan (guided / plain) and their keys/values reused every step
+    plans: dict[bool, GuidancePlan] = {}
+
+    def plan(guided: bool) -> GuidancePlan:
+        if guided not in plans:
+            with settings.autocast(device):
+                plans[guided] = GuidancePlan(model, conditions, guidance if guided else None, x.shape[0], prepare=True)
+        return plans[guided]
+
     def velocity(x_cur, cls_cur, t: float):
-        g = guidance if _in_interval(t, guidance_interval) else None
+        chosen = plan(guidance is not None and _in_interval(t, guidance_interval))
         inp = x_cur if extra_input is None else torch.cat([x_cur, extra_input.to(x_cur.dtype)], dim=1)
         tt = torch.full((x_cur.shape[0],), t, device=device)
         with settings.autocast(device):
-            out = guided_velocity(model, inp, tt, conditions, g, scales=scales, cls=cls_cur)
+            out = chosen.velocity(model, inp, tt, scales=scales, cls=cls_cur)
         v, cls_v = out if cls_cur is not None else (out, None)
         return v.float(), None if cls_v is None else cls_v.float()
 
     sde = method == "euler_maruyama"
     if sde and steps < 2:
         raise MupdError("euler_maruyama needs steps >= 2 (stochastic steps to t_end, then one mean step to 0)")
-    grid = time_grid(steps - 1 if sde else steps, schedule, shift, t_end if sde else 0.0)
+    grid = time_grid(steps - 1 if sde else steps, schedule, shift, t_end if sde else 0.0, t_start)
     if sde:
         grid = torch.cat([grid, torch.zeros(1, dtype=torch.float64)])
     times = grid.tolist()

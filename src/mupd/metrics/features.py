@@ -6,6 +6,8 @@
   ``torch.load(weights_only=True)``. Never downloads.
 - ``random-inception``: the same architecture, randomly initialised with a fixed seed. Clearly
   labelled: its values are only comparable between runs that used the same extractor.
+- ``colour-stats``: 30 hand-made colour/stain statistics (RGB and ``rgb2hed`` densities: mean,
+  std, 10/50/90th percentiles). No learning, instant; for smoke tests and quick checks only.
 - any other name: an image encoder of ``mupd.encoders.registry`` (UNI, Virchow2, MUSK, our aligned
   encoder, ...) through its ``.embed(uint8 batch)``.
 
@@ -42,6 +44,7 @@ class FeatureExtractor:
     preprocessing: dict
     warning: str | None = None
     info: dict = field(default_factory=dict)
+    module: torch.nn.Module | None = None  # the network behind ``fn``, when there is one
 
     def describe(self) -> dict:
         return {"name": self.name, "preprocessing": self.preprocessing, "warning": self.warning, **self.info}
@@ -120,7 +123,8 @@ def inception_extractor(weights: str | os.PathLike | None = None, *, random_init
     }
     if random_init:
         model = _build_fidelity_inception(None)
-        return FeatureExtractor("random-inception", lambda x: model(x)[0], preprocessing, RANDOM_WARNING, {"weights": "random, seed 0"})
+        return FeatureExtractor("random-inception", lambda x: model(x)[0], preprocessing, RANDOM_WARNING,
+                                {"weights": "random, seed 0"}, model)
     path = Path(weights) if weights else find_inception_weights()
     if path is None:
         raise MupdError(
@@ -134,7 +138,7 @@ def inception_extractor(weights: str | os.PathLike | None = None, *, random_init
         model = _build_fidelity_inception(state)
     except RuntimeError as exc:
         raise MupdError(f"{path} does not match torch-fidelity's Inception-v3 layout ({str(exc)[:200]})") from None
-    return FeatureExtractor("inception", lambda x: model(x)[0], preprocessing, None, {"weights": str(path)})
+    return FeatureExtractor("inception", lambda x: model(x)[0], preprocessing, None, {"weights": str(path)}, model)
 
 
 def encoder_extractor(name: str, **kwargs) -> FeatureExtractor:
@@ -159,7 +163,26 @@ def encoder_extractor(name: str, **kwargs) -> FeatureExtractor:
         info.update(licence=entry.licence, commercial=entry.commercial)
     if hasattr(encoder, "eval"):
         encoder.eval()
-    return FeatureExtractor(name, lambda x: torch.as_tensor(encoder.embed(x)), preprocessing, None, info)
+    return FeatureExtractor(name, lambda x: torch.as_tensor(encoder.embed(x)), preprocessing, None, info,
+                            encoder if isinstance(encoder, torch.nn.Module) else None)
+
+
+def _colour_stats(images: torch.Tensor) -> torch.Tensor:
+    from skimage.color import rgb2hed
+
+    rows = []
+    for im in images.permute(0, 2, 3, 1).numpy():
+        channels = np.concatenate([im.reshape(-1, 3) / 255.0, rgb2hed(im).reshape(-1, 3)], axis=1)
+        rows.append(np.concatenate([channels.mean(0), channels.std(0), *np.percentile(channels, [10, 50, 90], axis=0)]))
+    return torch.from_numpy(np.asarray(rows))
+
+
+def colour_stats_extractor() -> FeatureExtractor:
+    return FeatureExtractor(
+        "colour-stats", _colour_stats,
+        {"input": "uint8 RGB, native size", "features": "mean, std, p10/p50/p90 of R,G,B and rgb2hed H,E,D (30-d)"},
+        "colour-stats are low-level colour statistics, not a learned feature space: FID/KID on them only "
+        "measure colour/stain distribution differences")
 
 
 def default_extractor_name() -> str:
@@ -177,4 +200,6 @@ def build_extractor(name: str | FeatureExtractor | None = None, **kwargs) -> Fea
         return inception_extractor(kwargs.get("weights"))
     if name == "random-inception":
         return inception_extractor(random_init=True)
+    if name == "colour-stats":
+        return colour_stats_extractor()
     return encoder_extractor(name, **kwargs)

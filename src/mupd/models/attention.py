@@ -23,11 +23,14 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 @dataclass
 class ConditionTokens:
-    """One modality's condition, ready for attention (built once per forward by the model)."""
+    """One modality's condition, ready for attention (built once per forward by the model, or once
+    per sampling run by ``MuPD.prepare_conditions``, which adds a K/V cache: the conditions do not
+    change between sampling steps, so each block's key/value projections are computed once)."""
 
     tokens: torch.Tensor  # (B, L, D) at model width
     attn_mask: torch.Tensor | None  # (B, 1, 1, L) bool, True = attend; None = attend to all
     keep: torch.Tensor | None  # (B, 1, 1) 0/1 in the tokens' dtype; None = every sample kept
+    cache: dict | None = None  # CrossAttention module -> its (k, v); None = no caching
 
     @staticmethod
     def build(tokens: torch.Tensor, mask: torch.Tensor | None) -> "ConditionTokens":
@@ -73,7 +76,12 @@ class CrossAttention(nn.Module):
         L = cond.tokens.shape[1]
         h = self.num_heads
         q = self.q(x).view(B, N, h, D // h).transpose(1, 2)
-        k, v = self.kv(cond.tokens).view(B, L, 2, h, D // h).permute(2, 0, 3, 1, 4)
+        kv = None if cond.cache is None else cond.cache.get(self)
+        if kv is None:
+            kv = self.kv(cond.tokens).view(B, L, 2, h, D // h).permute(2, 0, 3, 1, 4)
+            if cond.cache is not None:
+                cond.cache[self] = kv
+        k, v = kv
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=cond.attn_mask)
         out = self.proj(out.transpose(1, 2).reshape(B, N, D))
         if cond.keep is not None:
@@ -135,15 +143,26 @@ class SharedCrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor, conds: dict[str, ConditionTokens], scales: dict[str, float]) -> torch.Tensor:
         if not conds:
             return x
+        first = next(iter(conds.values()))
+        joint = None if first.cache is None else first.cache.get(self)
+        if joint is None:
+            joint = self.join(conds)
+            if first.cache is not None:
+                first.cache[self] = joint
+        return x + self.stream(self.norm(x), c, joint)
+
+    def join(self, conds: dict[str, ConditionTokens]) -> ConditionTokens:
         tokens, masks = [], []
         for name, cond in conds.items():
             tokens.append(cond.tokens + self.modality_embed[name])
             B, L = cond.tokens.shape[:2]
-            mask = torch.ones(B, L, dtype=torch.bool, device=x.device)
+            mask = torch.ones(B, L, dtype=torch.bool, device=cond.tokens.device)
             if cond.attn_mask is not None:
                 mask = cond.attn_mask[:, 0, 0, :].clone()
             if cond.keep is not None:  # a dropped sample's tokens must not be attended to
                 mask &= cond.keep[:, 0, :].bool()
             masks.append(mask)
         joint = ConditionTokens.build(torch.cat(tokens, dim=1), torch.cat(masks, dim=1))
-        return x + self.stream(self.norm(x), c, joint)
+        if next(iter(conds.values())).cache is not None:  # prepared conditions: cache K/V too
+            joint.cache = {}
+        return joint

@@ -27,6 +27,16 @@ from .embeddings import ConditionProjector, PatchEmbed, TimestepEmbedder, Vector
 CONFIG_FORMAT = "mupd-model"
 
 
+class PreparedConditions(dict):
+    """Conditions validated, projected and given a K/V cache once, for many forwards (a sampling
+    run). Built by :meth:`MuPD.prepare_conditions`; pass it as ``conditions`` in place of the dict.
+    Valid only for the weights and batch size it was built with, and only without gradients."""
+
+    def __init__(self, conds: dict[str, ConditionTokens], batch_size: int):
+        super().__init__(conds)
+        self.batch_size = batch_size
+
+
 class MuPD(nn.Module):
     def __init__(self, config: MuPDConfig, device: torch.device | str | None = None):
         """Build (and initialise) the model on ``device`` (default: torch's default device).
@@ -99,6 +109,16 @@ class MuPD(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     # ---- inputs ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def prepare_conditions(self, conditions, batch_size: int) -> PreparedConditions:
+        """Encode ``conditions`` once for repeated forwards at this batch size (samplers use this:
+        each block's cross-attention keys/values are then computed on the first step only)."""
+        param = next(self.parameters())
+        conds = self.encode_conditions(conditions, batch_size, param.device, param.dtype)
+        for cond in conds.values():
+            cond.cache = {}
+        return PreparedConditions(conds, batch_size)
+
     def encode_conditions(self, conditions, batch_size: int, device, dtype) -> dict[str, ConditionTokens]:
         """Validate the ``conditions`` dict and project every present modality to model width."""
         if conditions is None:
@@ -200,7 +220,14 @@ class MuPD(nn.Module):
         t = self._timesteps(t, B, x.device)
         h = self.x_embedder(x) + self._pos_embed(H // p, W // p, x.device).to(x.dtype)
         c = self.t_embedder(t)
-        conds = self.encode_conditions(conditions, B, x.device, h.dtype)
+        if isinstance(conditions, PreparedConditions):
+            if conditions.batch_size != B:
+                raise MupdError(f"prepared conditions are for batch size {conditions.batch_size}, the latents have {B}")
+            if torch.is_grad_enabled():
+                raise MupdError("prepared conditions cache keys/values; use them under torch.no_grad() (sampling), not for training")
+            conds = dict(conditions)
+        else:
+            conds = self.encode_conditions(conditions, B, x.device, h.dtype)
         scales = self._check_scales(scales)
         N = h.shape[1]
         if cls is not None:
