@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -157,7 +158,10 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = measure(args)
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+    if args.device.startswith("cuda"):
+        device_name = torch.cuda.get_device_name()
+    else:
+        device_name = f"{os.cpu_count()}-core CPU ({platform.machine()}), {torch.get_num_threads()} torch thread(s), clock={args.clock}"
     payload = {
         "benchmark": "backbone",
         "settings": vars(args) | {"precision": "bf16 autocast" if args.device.startswith("cuda") else "fp32"},

@@ -148,7 +148,7 @@ def main() -> int:
                          synthetic_features=feats(x_syn), synthetic_labels=y_syn, n_resamples=500)
 
     report = {
-        "hardware": f"2-core CPU ({platform.machine()}), torch {torch.__version__}",
+        "hardware": f"2-core CPU shared with other jobs, 1 torch thread ({platform.machine()}), torch {torch.__version__}",
         "generator": str(args.model) if args.model else f"mupd demo, {args.minutes} min (tiny MuPD, depth 4, width 128, text = class caption)",
         "labels": pipe.labels,
         "classifier": {"what": "small CNN trained on 3000 real PCam train patches", "real_valid_accuracy": real_acc.to_dict(),

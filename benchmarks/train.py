@@ -99,7 +99,7 @@ def bench_naive(preset: str, latent: int, batch: int, device: torch.device, *, s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--seconds", type=float, default=8.0, help="timed seconds per configuration")
+    parser.add_argument("--seconds", type=float, default=5.0, help="timed seconds per configuration")
     parser.add_argument("--gpu", action="store_true", help="also run S/2, B/2, XL/2 at 256 px on CUDA")
     args = parser.parse_args()
     import tempfile
@@ -108,7 +108,7 @@ def main() -> None:
     rows = []
     cpu = torch.device("cpu")
     # CPU: tiny latents (8x8 = 64 px images through an 8x VAE), per-device batch as noted
-    for preset, batch in (("tiny", 32), ("S/2", 16), ("B/2", 8)):
+    for preset, batch in (("tiny", 32), ("S/2", 8), ("B/2", 4)):
         naive = bench_naive(preset, 8, batch, cpu, seconds=args.seconds)
         ours = bench_trainer(preset, 8, batch, cpu, precision="fp32", compile=False, seconds=args.seconds, tmp=tmp)
         rows.append({"device": "cpu", "preset": preset, "latent": [4, 8, 8], "batch": batch, "precision": "fp32", "compile": False,

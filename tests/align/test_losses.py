@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mupd.align.losses import LogitScale, cosine_distillation_loss, info_nce, multi_pair_loss
+from mupd.align.losses import LogitScale, cosine_distillation_loss, info_nce, multi_pair_loss, same_text_positives
 from mupd.errors import MupdError
 
 
@@ -67,3 +67,18 @@ def test_cosine_distillation_respects_mask():
     t2[0, 2] = 100.0  # padding: must not matter
     torch.testing.assert_close(cosine_distillation_loss(s, t, mask), cosine_distillation_loss(s, t2, mask))
     assert float(cosine_distillation_loss(t, t)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_extra_positives_spread_the_target():
+    a, b = torch.randn(4, 3), torch.randn(4, 3)
+    none = torch.zeros(4, 4, dtype=torch.bool)
+    torch.testing.assert_close(info_nce(a, b, 2.0, none), info_nce(a, b, 2.0))
+    pos = same_text_positives(["tumour", "Tumour ", "normal", "stroma"])
+    assert pos.int().tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+    logits = 2.0 * F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
+    # row 0 and 1: target 1/2 on each of columns 0, 1; written out with log-softmax
+    logp, logp_t = logits.log_softmax(1), logits.T.log_softmax(1)
+    rows = [-(logp[0, 0] + logp[0, 1]) / 2, -(logp[1, 0] + logp[1, 1]) / 2, -logp[2, 2], -logp[3, 3]]
+    cols = [-(logp_t[0, 0] + logp_t[0, 1]) / 2, -(logp_t[1, 0] + logp_t[1, 1]) / 2, -logp_t[2, 2], -logp_t[3, 3]]
+    expected = (sum(rows) / 4 + sum(cols) / 4) / 2
+    torch.testing.assert_close(info_nce(a, b, 2.0, pos), expected)

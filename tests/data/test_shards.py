@@ -75,6 +75,9 @@ def test_interrupted_encode_resumes_to_identical_bytes(sample_data, vae_dir, cle
     encode_dataset(_job(sample_data, vae_dir, out), progress=False)
     assert (out / "shard-00000.safetensors").stat().st_mtime_ns == finished  # kept, not redone
     assert _files(out) == _files(clean_run)
+    # the same folder re-run at another image size is re-encoded, not silently kept
+    encode_dataset(_job(sample_data, vae_dir, out, size=64), progress=False)
+    assert read_all(out)["latent"].shape[-1] == 32
 
 
 def _encode_rank(rank: int, job: EncodeJob, port: int) -> None:

@@ -183,8 +183,7 @@ def test_sampling_from_part_way():
     mu, s, t0 = 0.2, 0.5, 0.6
     net = GaussianVelocity(mu, s)
     z = torch.randn(32, 1, 4, 4)
-    # the ODE path through mu + s z: x_t = (1 - t)(mu + s z) + t * z_eps where z_eps = (x1 - mu ...);
-    # for this Gaussian the flow is affine: x_t = (1 - t) mu + sqrt((1 - t)^2 s^2 + t^2) z
+    # for this Gaussian the probability-flow map is affine: x_t = (1 - t) mu + sqrt((1 - t)^2 s^2 + t^2) z
     x_t = (1 - t0) * mu + ((1 - t0) ** 2 * s**2 + t0**2) ** 0.5 * z
     out = sample(net, x_t, None, method="heun", steps=30, t_start=t0)
     assert (out - (mu + s * z)).abs().max() < 1e-3

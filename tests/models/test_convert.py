@@ -101,6 +101,23 @@ def test_dit_sinusoid_convention():
     torch.testing.assert_close(timestep_embedding(t, 256, freq_shift=0), Timesteps(256, True, 0)(t))
 
 
+def test_read_checkpoint_files(tmp_path):
+    from safetensors.torch import save_file
+
+    from mupd.models.convert import read_dit_checkpoint
+
+    dit = tiny_dit()
+    state = {k: v.contiguous() for k, v in dit.state_dict().items()}
+    save_file(state, str(tmp_path / "diffusion_pytorch_model.safetensors"))
+    torch.save({"ema": state, "opt": {}}, tmp_path / "ckpt.pt")
+    for source in (tmp_path, tmp_path / "ckpt.pt"):
+        loaded = read_dit_checkpoint(source)
+        assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(MupdError, match="bad.pt"):
+        read_dit_checkpoint(tmp_path / "bad.pt")
+
+
 def test_conversion_errors():
     dit = tiny_dit(tie_embedders=False)
     model = MuPD(config_from_diffusers(dict(dit.config)))

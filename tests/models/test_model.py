@@ -178,6 +178,16 @@ def test_vector_modality_tokens():
     assert torch.equal(a, model(x, t, {"rna": (vec, torch.ones(3, 331, dtype=torch.bool))}))
     dropped = model(x, t, {"rna": (vec, torch.tensor([True, False, True]))})
     assert torch.equal(dropped[1], model(x, t)[1]) and torch.equal(dropped[0], a[0])
+    # the stream keeps the vector factored (K/V per entry, not per sample and entry): same numbers
+    from mupd.models.attention import ConditionTokens
+
+    emb = model.cond_embedders["rna"]
+    factored = ConditionTokens.build(None, None, vector=(vec, emb.weight, emb.bias))
+    explicit = ConditionTokens.build(factored.materialise(), None)
+    assert torch.allclose(explicit.tokens, tokens)
+    attn = model.blocks[0].cross.streams["rna"].attn
+    query = torch.randn(3, 16, 64)
+    assert torch.allclose(attn(query, factored), attn(query, explicit), atol=1e-5)
     with pytest.raises(MupdError, match=r"\(B, 331\)"):
         model(x, t, {"rna": torch.randn(3, 330)})
 

@@ -13,7 +13,6 @@ from mupd.encoders import registry
 from mupd.errors import MupdError
 from mupd.models.mupd import MuPD
 from mupd.train import TrainConfig
-from mupd.train.data import TrainData
 from mupd.train.finetune import expand_model, finetuned_model, freeze
 from mupd.train.loop import Trainer
 
@@ -60,11 +59,18 @@ def test_translation_finetune_trains_with_source_latents_and_freezing(tmp_path, 
     target = encode_pixels(vae, pixels, progress=False)
     # stand-in for a paired stain: the grey-level version of the same patch (no registered IHC offline)
     grey = pixels.float().mean(1, keepdim=True).expand(-1, 3, -1, -1).round().to(torch.uint8)
-    data = TrainData(target, torch.ones(8, dtype=torch.long), ["tumour"] * 8, {"source_latent": encode_pixels(vae, grey, progress=False)})
+    source = encode_pixels(vae, grey, progress=False)
+    from mupd.data.shards import write_shards
+
+    write_shards(tmp_path / "shards", [{"id": f"p{i}", "latent": target[i], "source_latent": source[i], "label": 1, "caption": "tumour"}
+                                       for i in range(8)], shard_size=5)
     cfg = TrainConfig.from_dict({"preset": "tiny", "output": str(tmp_path / "ft"), "progress": False, "total_images": 16,
+                                 "data": {"source": "shards", "path": str(tmp_path / "shards")}, "vae": {"path": str(tiny_vae_dir)},
                                  "batch": {"global_size": 4, "per_device": 4},
                                  "finetune": {"init_from": str(tmp_path / "src"), "freeze": ["blocks.0.*"]}})
-    trainer = Trainer(cfg, data=data, vae=vae, device="cpu", resume=False)
+    trainer = Trainer(cfg, device="cpu", resume=False)
+    data = trainer.data
+    assert len(data) == 8 and torch.equal(data.tensors["source_latent"], source)
     frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if n.startswith("blocks.0.")}
     assert frozen and all(not p.requires_grad for n, p in trainer.model.named_parameters() if n in frozen)
     # before any step, the fine-tune's velocity equals the source model's

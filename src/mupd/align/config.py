@@ -26,6 +26,9 @@ class AlignConfig:
     n_genes: int = 256  # her2st: most variable genes kept by the GeneVocabulary
     tcga_cohorts: list = field(default_factory=lambda: ["brca", "kirc", "luad", "lusc", "coadread", "skcm"])
     test_fraction: float = 0.2  # tcga: fraction of patients held out
+    # extra positives in the contrastive loss: "text" = samples with identical text, "label" = samples
+    # with the same label (captions written from labels), "none" = only the paired sample
+    positives: str = "text"
     # towers
     width: int = 128
     embed_dim: int = 128
@@ -34,7 +37,7 @@ class AlignConfig:
     rna_hidden: int = 256
     # optimisation
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 1e-4  # 1e-3 collapsed the PCam image/text towers to one point within a few steps
     weight_decay: float = 0.05
     total_samples: int = 20_000
     log_every: int = 2_000
@@ -47,11 +50,11 @@ class AlignConfig:
 
 
 PRESETS: dict[str, dict] = {
-    "pcam-image-text": dict(dataset="pcam", pairs=[["image", "text"]], total_samples=24_000),
-    "her2st-image-rna": dict(dataset="her2st", pairs=[["image", "rna"]], total_samples=16_000, batch_size=64),
+    "pcam-image-text": dict(dataset="pcam", pairs=[["image", "text"]], total_samples=24_000, positives="label"),
+    "her2st-image-rna": dict(dataset="her2st", pairs=[["image", "rna"]], total_samples=16_000, batch_size=64, lr=1e-3),
     "tcga-rna-text": dict(dataset="tcga", pairs=[["rna", "text"]], total_samples=16_000, batch_size=128),
     # for tests and smoke runs: tiny towers, a few hundred samples
-    "tiny-pcam": dict(dataset="pcam", pairs=[["image", "text"]], image_size=32, max_per_class=24, width=32,
+    "tiny-pcam": dict(dataset="pcam", pairs=[["image", "text"]], positives="label", image_size=32, max_per_class=24, width=32,
                       embed_dim=16, text_depth=1, batch_size=16, total_samples=64, log_every=32, checkpoint_every=32),
     "tiny-her2st": dict(dataset="her2st", pairs=[["image", "rna"]], image_size=32, train_sections=["B4"],
                         test_sections=["C5"], n_genes=32, width=32, embed_dim=16, rna_hidden=32, batch_size=16,
@@ -79,6 +82,7 @@ def validate(config: AlignConfig) -> None:
     for pair in config.pairs:
         require(len(pair) == 2 and all(m in ("image", "text", "rna") for m in pair) and pair[0] != pair[1],
                 f"align config: each pair must name two different modalities of image/text/rna, got {pair}")
+    require(config.positives in ("none", "text", "label"), f"align config: positives must be none, text or label, not {config.positives!r}")
     require(config.batch_size >= 2, "align config: batch_size must be at least 2 (contrastive loss needs negatives)")
     require(config.total_samples > 0 and config.checkpoint_every > 0 and config.log_every > 0,
             "align config: total_samples, checkpoint_every and log_every must be positive (units: samples)")

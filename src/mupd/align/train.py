@@ -19,7 +19,7 @@ from ..errors import MupdError, require
 from ..settings import settings
 from .config import AlignConfig
 from .data import PairData, load_pairs
-from .losses import multi_pair_loss
+from .losses import multi_pair_loss, same_text_positives
 from .model import AlignModel
 from .towers import SmallImageTower, SmallRnaTower, SmallTextTower, WordVocabulary
 
@@ -93,6 +93,16 @@ def _augment(images: torch.Tensor) -> torch.Tensor:
     return torch.rot90(images, int(torch.randint(4, ())), dims=(-2, -1))
 
 
+def _positives(config: AlignConfig, data: PairData, index, batch) -> torch.Tensor | None:
+    """Extra positive pairs, so duplicates (same caption / same label) are not false negatives."""
+    if config.positives == "label" and data.labels is not None:
+        labels = torch.as_tensor(data.labels[index])
+        return labels[:, None] == labels[None, :]
+    if config.positives == "text" and "text" in batch:
+        return same_text_positives(batch["text"])
+    return None
+
+
 def save_checkpoint(out: Path, model: AlignModel, optimizer, config: AlignConfig, samples: int, vocabulary, history: list) -> None:
     tensors, meta = optimizer_tensors(optimizer)
     model.save_pretrained(out, align_config=config.to_dict(), vocabulary=vocabulary, extra_files={
@@ -147,7 +157,8 @@ def train_align(config: AlignConfig, out: str | os.PathLike, *, resume: bool = F
             batch["image"] = _augment(batch["image"])
         with settings.autocast(device):
             emb = model.embed(batch)
-            loss, parts = multi_pair_loss(emb, model.logit_scale(), [tuple(p) for p in config.pairs])
+            positives = _positives(config, data, index, batch)
+            loss, parts = multi_pair_loss(emb, model.logit_scale(), [tuple(p) for p in config.pairs], positives=positives)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

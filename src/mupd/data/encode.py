@@ -28,7 +28,7 @@ import torch
 from ..errors import MupdError, require
 from .images import to_tensor
 from .records import Record, check_unique_ids
-from .shards import ids_digest, shard_finished, shard_name, write_index, write_shard
+from .shards import ids_digest, shard_finished, write_index, write_shard
 
 log = logging.getLogger("mupd.data")
 
@@ -121,11 +121,12 @@ def encode_dataset(job: EncodeJob, *, progress: bool = True, rank: int | None = 
             vocabulary = GeneVocabulary.load(job.vocabulary)
         mine = [k for k in range(rank, n_shards, world)]
         plans = {k: records[k * job.shard_size:(k + 1) * job.shard_size] for k in mine}
-        todo = [k for k in mine if not shard_finished(out, k, [r.id for r in plans[k]])]
+        signature = _signature(job, vae, source_vae)
+        todo = [k for k in mine if not shard_finished(out, k, [r.id for r in plans[k]], signature)]
         bar = tqdm(total=sum(len(plans[k]) for k in mine), initial=sum(len(plans[k]) for k in mine if k not in todo),
                    desc=f"encode rank {rank}/{world}", unit="img", disable=not progress)
         for k in todo:
-            tensors, meta = encode_records(plans[k], vae, source_vae, encoders, vocabulary, job)
+            tensors, meta = encode_records(plans[k], vae, source_vae, encoders, vocabulary, job, signature)
             write_shard(out, k, tensors, meta)
             bar.update(len(plans[k]))
         bar.close()
@@ -142,6 +143,18 @@ def encode_dataset(job: EncodeJob, *, progress: bool = True, rank: int | None = 
         if created:
             torch.distributed.destroy_process_group()
     return out
+
+
+def _signature(job: EncodeJob, vae, source_vae) -> str:
+    """What shapes a shard besides its ids; a finished shard made under another signature is redone."""
+    import json
+
+    keys = ("vae", "source_vae", "size", "text_encoder", "image_encoder", "encoder_kwargs", "vocabulary",
+            "caption_template", "captions", "on_error", "deepliif_target")
+    fields = {k: getattr(job, k) for k in keys}
+    fields["stats"] = [vae.latent_mean.tolist(), vae.latent_std.tolist(),
+                       None if source_vae is None else source_vae.latent_std.tolist()]
+    return json.dumps(fields, sort_keys=True, default=str)
 
 
 def _finish(out: Path, n_shards: int, meta: dict, vocabulary) -> None:
@@ -162,7 +175,7 @@ def _build_encoders(job: EncodeJob, device) -> dict:
 
 
 @torch.no_grad()
-def encode_records(records: list[Record], vae, source_vae, encoders: dict, vocabulary, job: EncodeJob):
+def encode_records(records: list[Record], vae, source_vae, encoders: dict, vocabulary, job: EncodeJob, signature: str = ""):
     """One shard's tensors + JSON meta. Unreadable images raise, or are skipped and listed."""
     planned = [r.id for r in records]
     skipped: dict[str, list[str]] = {}
@@ -203,7 +216,7 @@ def encode_records(records: list[Record], vae, source_vae, encoders: dict, vocab
         tensors["text"], tensors["text_mask"] = _encode_batched(encoders["text"][1], [c or "" for c in captions], job.batch_size)
     if "image" in encoders:
         tensors["image"], tensors["image_mask"] = _encode_batched(encoders["image"][1], torch.cat(pixels), job.batch_size)
-    meta = {"ids": [r.id for r in keep], "labels": labels, "captions": captions, "planned": ids_digest(planned),
+    meta = {"ids": [r.id for r in keep], "labels": labels, "captions": captions, "planned": ids_digest(planned, signature),
             "skipped": skipped, "gene_vocabulary": vocabulary.version if vocabulary is not None else None}
     if vocabulary is not None:
         values, reports = [], []

@@ -50,8 +50,9 @@ def write_shard(out: str | os.PathLike, index: int, tensors: dict[str, torch.Ten
     write_json(out / f"{shard_name(index)}.json", {"n": n, **meta})
 
 
-def shard_finished(out: str | os.PathLike, index: int, ids: Sequence[str] | None = None) -> bool:
-    """Both files exist (and, when given, the JSON lists exactly ``ids`` in the same order)."""
+def shard_finished(out: str | os.PathLike, index: int, ids: Sequence[str] | None = None, signature: str = "") -> bool:
+    """Both files exist (and, when ``ids`` is given, the shard was planned for exactly these ids
+    under the same job ``signature``: a re-run with another VAE or size redoes it)."""
     out = Path(out)
     js, st = out / f"{shard_name(index)}.json", out / f"{shard_name(index)}.safetensors"
     if not (js.exists() and st.exists()):
@@ -62,14 +63,14 @@ def shard_finished(out: str | os.PathLike, index: int, ids: Sequence[str] | None
         meta = read_json(js)
     except MupdError:
         return False
-    return meta.get("planned") == ids_digest(ids)
+    return meta.get("planned") == ids_digest(ids, signature)
 
 
-def ids_digest(ids: Sequence[str]) -> str:
-    """Fingerprint of the ids a shard was planned to hold (resume redoes a shard whose plan changed)."""
+def ids_digest(ids: Sequence[str], signature: str = "") -> str:
+    """Fingerprint of the ids a shard was planned to hold and of the job settings that shape it."""
     import hashlib
 
-    return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()[:16]
+    return hashlib.sha256("\n".join([*map(str, ids), signature]).encode()).hexdigest()[:16]
 
 
 def write_index(out: str | os.PathLike, n_shards: int, meta: dict) -> Path:

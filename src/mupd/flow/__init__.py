@@ -1,6 +1,6 @@
 """Flow matching: interpolant, loss, condition dropout, guidance and samplers (t = 1 is noise)."""
 
-from .guidance import branch_conditions, guided_velocity
+from .guidance import GuidancePlan, branch_conditions, guided_velocity
 from .interpolant import interpolate, sample_time, score_from_velocity
 from .loss import drop_conditions, flow_matching_loss
 from .samplers import readout, sample, time_grid
@@ -13,6 +13,7 @@ __all__ = [
     "drop_conditions",
     "guided_velocity",
     "branch_conditions",
+    "GuidancePlan",
     "sample",
     "readout",
     "time_grid",

@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..errors import MupdError, require
+from .bootstrap import run_single_threaded
 
 MORPHOLOGY = ("area", "eccentricity", "solidity")
 COLOUR = ("mean_r", "mean_g", "mean_b", "mean_hematoxylin")
@@ -33,6 +34,7 @@ class NucleusSegmenter:
 
     nucleus_diameter: float = 12.0
     threshold: float | None = None  # on the haematoxylin channel; None = Otsu per image
+    min_threshold: float = 0.02  # floor for Otsu: on a nucleus-free tile (fat, lumen) Otsu splits noise
     sigma: float = 1.0
     min_area_fraction: float = 0.15  # of a typical nucleus' area
     split_depth: float = 0.3  # of the radius: how deep a neck must be to split touching nuclei
@@ -67,7 +69,7 @@ def segment_nuclei(rgb: np.ndarray, segmenter: NucleusSegmenter | None = None) -
     h = gaussian(hematoxylin(rgb), sigma=s.sigma)
     if np.ptp(h) < 1e-6:
         return np.zeros(h.shape, np.int32)
-    level = threshold_otsu(h) if s.threshold is None else s.threshold
+    level = max(threshold_otsu(h), s.min_threshold) if s.threshold is None else s.threshold
     radius = s.nucleus_diameter / 2.0
     min_area = max(4, int(s.min_area_fraction * np.pi * radius**2))
     mask = ndi.binary_fill_holes(h > level)
@@ -153,6 +155,7 @@ class CellPopulation:
         return np.bincount(self.tile, minlength=self.n_tiles)
 
 
+@run_single_threaded
 def analyse_tiles(images, segmenter: NucleusSegmenter | None = None, *, progress: bool = False, desc: str = "nuclei") -> CellPopulation:
     """Segment and measure every tile; ``images`` is uint8 (N,3,H,W) (torch or numpy) or (N,H,W,3)."""
     array = np.asarray(images)
@@ -219,6 +222,7 @@ def feature_wasserstein(real: np.ndarray, fake: np.ndarray, *, max_points: int =
     return float(ot.emd2(np.full(len(a), 1 / len(a)), np.full(len(b), 1 / len(b)), cost, numItermax=1_000_000))
 
 
+@run_single_threaded
 def compare_populations(real: CellPopulation, fake: CellPopulation, *, n_types: int = 4, typer: CellTyper | None = None,
                         n_resamples: int = 100, seed: int = 0) -> dict:
     """Cell statistics of generated vs real tiles: counts, OT distance of features, cell-type mix."""

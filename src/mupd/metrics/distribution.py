@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import MupdError, require
-from .bootstrap import DEFAULT_RESAMPLES, Estimate, bootstrap_indices_ci, mean_ci
+from .bootstrap import DEFAULT_RESAMPLES, Estimate, bootstrap_indices_ci, mean_ci, run_single_threaded
 
 DEFAULT_MIN_SAMPLES = 50
 
@@ -72,6 +72,7 @@ class _Grams:
         return float(maximum_mean_discrepancy(kern(self.aa[ia][:, ia]), kern(self.ab[ia][:, ib]), kern(self.bb[ib][:, ib])))
 
 
+@run_single_threaded
 def frechet_distance(real, fake) -> float:
     """FID between two feature sets (rows = images)."""
     real, fake = _as64(real), _as64(fake)
@@ -93,6 +94,7 @@ def _subset_kid(grams: _Grams, n_a: int, n_b: int, subsets: int, subset_size: in
     return float(values.mean()), float(values.std(unbiased=False)) if subsets > 1 else 0.0
 
 
+@run_single_threaded
 def kernel_distance(real, fake, *, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
     """KID (mean, std over ``subsets`` random subsets of ``min(subset_size, n)`` images), with
     torchmetrics' kernel (degree 3, gamma 1/D, coef 1) and unbiased MMD estimate."""
@@ -106,6 +108,7 @@ def _knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
     return d.kthvalue(k + 1, dim=1).values  # +1: the point itself is at distance 0
 
 
+@run_single_threaded
 def manifold_scores(real, fake, *, k: int = 3) -> dict[str, np.ndarray]:
     """Per-image indicators behind precision/recall/density/coverage (k-NN balls, Euclidean)."""
     a, b = _as64(real), _as64(fake)
@@ -126,6 +129,7 @@ def precision_recall(real, fake, *, k: int = 3) -> dict[str, float]:
     return {name: float(v.mean()) for name, v in manifold_scores(real, fake, k=k).items()}
 
 
+@run_single_threaded
 def fid_kid(real_features, fake_features, *, min_samples: int = DEFAULT_MIN_SAMPLES, n_resamples: int = DEFAULT_RESAMPLES,
             kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0, progress: bool = False) -> dict:
     """FID and KID with 95 % bootstrap intervals (images of each set resampled with replacement;

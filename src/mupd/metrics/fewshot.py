@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import require
-from .bootstrap import mean_ci
+from .bootstrap import mean_ci, run_single_threaded
 
 
 def _probe(train_x, train_y, test_x, test_y, seed: int) -> dict:
@@ -37,6 +37,7 @@ def _draw_shots(labels: np.ndarray, classes: np.ndarray, k: int, rng: np.random.
     return np.concatenate(picks)
 
 
+@run_single_threaded
 def few_shot(train_features, train_labels, test_features, test_labels, *, shots=(1, 5, 10), seeds=range(5),
              synthetic_features=None, synthetic_labels=None, synthetic_per_class: int | None = None,
              n_resamples: int = 200, progress: bool = False) -> dict:

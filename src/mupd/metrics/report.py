@@ -34,8 +34,9 @@ def _figure(*args, **kwargs):
     return plt.subplots(*args, **kwargs)
 
 
-def image_grid(images, path: Path, columns: int = 8) -> str:
-    """A PNG mosaic of up to ``GRID_IMAGES`` uint8 (N,3,H,W) images."""
+def image_grid(images, path: Path, columns: int = 8, min_tile: int = 128) -> str:
+    """A PNG mosaic of up to ``GRID_IMAGES`` uint8 (N,3,H,W) images; small tiles are enlarged
+    (nearest neighbour) to at least ``min_tile`` px so nuclei outlines stay visible."""
     from PIL import Image
 
     array = np.asarray(images[:GRID_IMAGES]).transpose(0, 2, 3, 1)
@@ -45,7 +46,11 @@ def image_grid(images, path: Path, columns: int = 8) -> str:
     for i, tile in enumerate(array):
         r, c = divmod(i, columns)
         canvas[r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = tile
-    Image.fromarray(canvas).save(path)
+    grid = Image.fromarray(canvas)
+    scale = max(1, -(-min_tile // max(h, w)))
+    if scale > 1:
+        grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
+    grid.save(path)
     return path.name
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import require
-from .bootstrap import DEFAULT_RESAMPLES, bootstrap_ci
+from .bootstrap import DEFAULT_RESAMPLES, bootstrap_ci, run_single_threaded
 
 
 def _to_hwc(images) -> np.ndarray:
@@ -46,6 +46,7 @@ def pearson(x, y) -> float:
     return float((xc * yc).sum() / denom) if denom > 0 else float("nan")
 
 
+@run_single_threaded
 def marker_correlation(generated, real, *, channel: str | int = "dab", slides=None,
                        n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> dict:
     """Pearson r of marker intensity, generated vs real (paired by index)."""
@@ -73,6 +74,7 @@ def marker_correlation(generated, real, *, channel: str | int = "dab", slides=No
     return out
 
 
+@run_single_threaded
 def biomarker_auc(status, real_stain, generated_stain, *, channel: str | int = "dab",
                   n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> dict:
     """ROC AUC of predicting a binary biomarker status from mean marker intensity, real vs generated."""

@@ -18,7 +18,8 @@ from torch import nn
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    """``x * (1 + scale) + shift`` in one fused kernel (per-sample shift/scale over all tokens)."""
+    return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))
 
 
 @dataclass
@@ -27,22 +28,41 @@ class ConditionTokens:
     per sampling run by ``MuPD.prepare_conditions``, which adds a K/V cache: the conditions do not
     change between sampling steps, so each block's key/value projections are computed once)."""
 
-    tokens: torch.Tensor  # (B, L, D) at model width
+    tokens: torch.Tensor | None  # (B, L, D) at model width; None for a factored vector modality
     attn_mask: torch.Tensor | None  # (B, 1, 1, L) bool, True = attend; None = attend to all
-    keep: torch.Tensor | None  # (B, 1, 1) 0/1 in the tokens' dtype; None = every sample kept
+    keep: torch.Tensor | None  # (B, 1, 1) 0/1; None = every sample kept
     cache: dict | None = None  # CrossAttention module -> its (k, v); None = no caching
+    # a vector modality kept factored: token_i = values_i * weight_i + bias_i, so a linear map of the
+    # tokens is values_i * (W weight_i) + (W bias_i + c): computed per entry, not per sample and entry
+    vector: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # values (B, n), weight, bias (n, D)
 
     @staticmethod
-    def build(tokens: torch.Tensor, mask: torch.Tensor | None) -> "ConditionTokens":
+    def build(tokens: torch.Tensor | None, mask: torch.Tensor | None, vector=None) -> "ConditionTokens":
         """``mask`` (B, L) bool or None. Rows with no real token attend to everything (finite) and are
         zeroed afterwards through ``keep``."""
         if mask is None or bool(mask.all()):
-            return ConditionTokens(tokens, None, None)
+            return ConditionTokens(tokens, None, None, vector=vector)
         has_any = mask.any(dim=1)
         safe = mask | ~has_any[:, None]
-        keep = None if bool(has_any.all()) else has_any.to(tokens.dtype)[:, None, None]
+        keep = None if bool(has_any.all()) else has_any[:, None, None]
         attn_mask = None if bool(safe.all()) else safe[:, None, None, :]
-        return ConditionTokens(tokens, attn_mask, keep)
+        return ConditionTokens(tokens, attn_mask, keep, vector=vector)
+
+    def materialise(self) -> torch.Tensor:
+        """The (B, L, D) tokens (built from the factored form when needed)."""
+        if self.tokens is not None:
+            return self.tokens
+        values, weight, bias = self.vector
+        return torch.addcmul(bias, values[..., None].to(weight.dtype), weight)
+
+    def project(self, linear: nn.Linear) -> torch.Tensor:
+        """``linear(tokens)`` -> (B, L, out); cheap for a factored vector modality."""
+        if self.vector is None:
+            return linear(self.tokens)
+        values, weight, bias = self.vector
+        per_value = F.linear(weight, linear.weight)  # (n, out)
+        offset = F.linear(bias, linear.weight, linear.bias)  # (n, out)
+        return torch.addcmul(offset, values[..., None].to(per_value.dtype), per_value)
 
 
 class SelfAttention(nn.Module):
@@ -73,19 +93,19 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: ConditionTokens) -> torch.Tensor:
         B, N, D = x.shape
-        L = cond.tokens.shape[1]
         h = self.num_heads
         q = self.q(x).view(B, N, h, D // h).transpose(1, 2)
         kv = None if cond.cache is None else cond.cache.get(self)
         if kv is None:
-            kv = self.kv(cond.tokens).view(B, L, 2, h, D // h).permute(2, 0, 3, 1, 4)
+            kv = cond.project(self.kv).to(q.dtype)
+            kv = kv.view(B, kv.shape[1], 2, h, D // h).permute(2, 0, 3, 1, 4)
             if cond.cache is not None:
                 cond.cache[self] = kv
         k, v = kv
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=cond.attn_mask)
         out = self.proj(out.transpose(1, 2).reshape(B, N, D))
         if cond.keep is not None:
-            out = out * cond.keep
+            out = out * cond.keep.to(out.dtype)
         return out
 
 
@@ -154,9 +174,10 @@ class SharedCrossAttention(nn.Module):
     def join(self, conds: dict[str, ConditionTokens]) -> ConditionTokens:
         tokens, masks = [], []
         for name, cond in conds.items():
-            tokens.append(cond.tokens + self.modality_embed[name])
-            B, L = cond.tokens.shape[:2]
-            mask = torch.ones(B, L, dtype=torch.bool, device=cond.tokens.device)
+            full = cond.materialise()
+            tokens.append(full + self.modality_embed[name])
+            B, L = full.shape[:2]
+            mask = torch.ones(B, L, dtype=torch.bool, device=full.device)
             if cond.attn_mask is not None:
                 mask = cond.attn_mask[:, 0, 0, :].clone()
             if cond.keep is not None:  # a dropped sample's tokens must not be attended to

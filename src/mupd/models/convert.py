@@ -66,6 +66,39 @@ def config_from_diffusers(config: dict, **overrides) -> MuPDConfig:
     return MuPDConfig.from_dict(base, source="config_from_diffusers")
 
 
+def read_dit_checkpoint(path) -> dict[str, torch.Tensor]:
+    """The state dict of a DiT/SiT/diffusers checkpoint file or folder, without unpickling code.
+
+    ``.safetensors`` files (or a diffusers folder with ``diffusion_pytorch_model.safetensors``) are
+    read directly; ``.pt``/``.pth`` with ``torch.load(weights_only=True)``, taking ``"ema"`` (DiT/SiT
+    training checkpoints), ``"model"`` or ``"state_dict"`` when the file holds a wrapper dict."""
+    from pathlib import Path
+
+    from ..checkpoint import load_tensors
+
+    path = Path(path)
+    if path.is_dir():
+        candidates = sorted(path.glob("*.safetensors")) + sorted(path.glob("transformer/*.safetensors"))
+        if not candidates:
+            raise MupdError(f"{path} holds no .safetensors file; pass the checkpoint file itself")
+        path = candidates[0]
+    if not path.exists():
+        raise MupdError(f"{path} does not exist")
+    if path.suffix == ".safetensors":
+        return load_tensors(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a user-fixable input problem
+        raise MupdError(f"{path} could not be read as a weights-only torch checkpoint ({exc}); convert it to safetensors") from None
+    for key in ("ema", "model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise MupdError(f"{path} does not hold a flat state dict of tensors")
+    return state
+
+
 def _diffusers_to_dit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a diffusers DiT state dict to the DiT layout (q/k/v fused, embedders de-duplicated)."""
     out: dict[str, torch.Tensor] = {}

@@ -38,11 +38,12 @@ class PreparedConditions(dict):
 
 
 class MuPD(nn.Module):
-    def __init__(self, config: MuPDConfig, device: torch.device | str | None = None):
+    def __init__(self, config: MuPDConfig, device: torch.device | str | None = None, *, initialize: bool = True):
         """Build (and initialise) the model on ``device`` (default: torch's default device).
 
         Modules are created on the meta device and initialised once in place, so large presets
         build without paying for PyTorch's default init first; on ``"meta"`` nothing is allocated.
+        ``initialize=False`` leaves the weights uninitialised (only for loading every tensor next).
         """
         super().__init__()
         self.config = config
@@ -65,7 +66,7 @@ class MuPD(nn.Module):
         self.to_empty(device=target)
         grid = config.input_size // config.patch_size
         self.register_buffer("pos_embed", sincos_pos_embed_2d(D, grid, grid, device=target)[None], persistent=False)
-        if target.type != "meta":
+        if initialize and target.type != "meta":
             self.initialize_weights()
 
     # ---- construction ----------------------------------------------------------------------
@@ -132,11 +133,13 @@ class MuPD(nn.Module):
             if name not in self.config.modalities:
                 raise MupdError(f"conditions[{name!r}]: this model has no {name!r} stream; its modalities are {list(self.config.modalities)}")
             tokens, mask = value if isinstance(value, (tuple, list)) else (value, None)
-            tokens = self._check_tokens(name, tokens, batch_size)
-            # a Linear to model width, or the per-entry tokeniser of a vector modality
-            tokens = self.cond_embedders[name](tokens.to(device=device, dtype=dtype))
-            mask = self._check_mask(name, mask, tokens.shape[0], tokens.shape[1], device)
-            out[name] = ConditionTokens.build(tokens, mask)
+            tokens = self._check_tokens(name, tokens, batch_size).to(device=device, dtype=dtype)
+            mask = self._check_mask(name, mask, batch_size, tokens.shape[1], device)  # L, or n entries
+            embedder = self.cond_embedders[name]
+            if isinstance(embedder, VectorTokenizer):  # kept factored: see ConditionTokens.vector
+                out[name] = ConditionTokens.build(None, mask, vector=(tokens, embedder.weight, embedder.bias))
+            else:  # a Linear to model width
+                out[name] = ConditionTokens.build(embedder(tokens), mask)
         return out
 
     def _check_tokens(self, name: str, tokens, batch_size: int) -> torch.Tensor:
@@ -287,11 +290,10 @@ class MuPD(nn.Module):
         path = Path(path)
         if not path.is_dir():
             raise MupdError(f"{path} is not a folder; expected a MuPD model folder written by save_pretrained")
-        model = cls(cls.config_from_folder(path))
+        # no random init: load_into (strict) overwrites every parameter or raises
+        model = cls(cls.config_from_folder(path), device=device, initialize=False)
         weights = path / "ema.safetensors"
         if not (use_ema and weights.exists()):
             weights = path / "model.safetensors"
         load_into(model, weights)
-        if device is not None:
-            model = model.to(device)
         return model.eval()

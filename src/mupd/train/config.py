@@ -23,8 +23,12 @@ Schema (YAML; every key optional, defaults shown by ``mupd train --preset tiny -
       captions: {"0": "lymph node, normal tissue", "1": "lymph node, metastatic tumour"}
     conditions:                # modality -> frozen condition encoder from mupd.encoders.registry
       text: {name: hashed-words, kwargs: {width: 64}, path: null, field: caption}
-    vae: {path: /models/sd-vae-ft-ema}    # LatentAutoencoder folder or hub id (needed for
-                               # folder data, previews and the pipeline folder)
+    vae: {path: /models/sd-vae-ft-ema, source_path: null}
+                               # LatentAutoencoder folder or hub id (needed for folder data,
+                               # previews and the pipeline folder); source_path: the source
+                               # domain's autoencoder of a stain/translate fine-tune
+    # shards may carry precomputed condition tokens "<modality>" + "<modality>_mask" (used as
+    # they are) and "source_latent" (paired translation -> extra input channels)
     batch:
       global_size: 256         # fixed by the config, whatever the world size
       per_device: 32           # accumulation steps = global_size / (per_device * world)
@@ -70,7 +74,6 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -105,6 +108,7 @@ class EncoderSpec:
 @dataclass
 class VAESection:
     path: str | None = None
+    source_path: str | None = None  # the source domain's autoencoder (stain / translate), saved as source_vae/
 
 
 @dataclass

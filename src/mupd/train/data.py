@@ -114,27 +114,20 @@ def from_folder(cfg, vae, *, keep_pixels: bool, progress: bool = True) -> TrainD
 
 # --- shard source -------------------------------------------------------------------------------
 def from_shards(cfg) -> TrainData:
-    """Read a ``mupd data encode`` shard folder into memory (records in shard order)."""
-    try:
-        from ..data.shards import ShardDataset
-    except ImportError as exc:
-        raise MupdError(f"data.source=shards needs mupd.data.shards ({exc})") from None
-    dataset = ShardDataset(cfg.data.path)
-    items = []
-    for i, item in enumerate(dataset):
-        if cfg.data.limit is not None and i >= cfg.data.limit:
-            break
-        items.append(item)
-    if not items:
-        raise MupdError(f"shard folder {cfg.data.path} holds no records")
-    latents = torch.stack([torch.as_tensor(it["latent"]) for it in items]).float()
-    labels = torch.tensor([int(it.get("label", -1)) if it.get("label") is not None else -1 for it in items])
-    captions = [str(it.get("caption") or "") for it in items]
+    """Read a ``mupd data encode`` shard folder into memory (shard order, no augmentation).
+
+    Every rank reads all of it; the (seed, epoch) order above splits the work."""
+    from ..data.shards import read_all
+
+    items = read_all(cfg.data.path)
+    labels = items.pop("labels").long()
+    captions = [str(c or "") for c in items.pop("captions")]
+    ids = items.pop("ids")
     if not any(captions) and cfg.data.captions:
         captions = [str(cfg.data.captions.get(str(int(lab)), "")) for lab in labels]
-    skip = {"latent", "label", "caption", "id"}
-    tensors = {}
-    for key in items[0]:
-        if key not in skip and torch.is_tensor(items[0][key]):
-            tensors[key] = torch.stack([torch.as_tensor(it[key]) for it in items])
-    return TrainData(latents, labels, captions, tensors, [str(it.get("id", i)) for i, it in enumerate(items)])
+    latents = items.pop("latent").float()
+    if cfg.data.limit is not None:
+        keep = slice(0, cfg.data.limit)
+        latents, labels, captions, ids = latents[keep], labels[keep], captions[keep], ids[keep]
+        items = {k: v[keep] for k, v in items.items()}
+    return TrainData(latents, labels, captions, items, list(ids))

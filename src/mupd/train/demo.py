@@ -101,7 +101,7 @@ def run_demo(*, minutes: float = 5.0, out: str | Path = "./mupd-demo", device: s
     train_root, holdout_root, captions, source = find_data(data, seed)
     n_train = int(min(4000, max(128, 700 * minutes)))
     n_eval = int(eval_samples or min(128, max(16, 26 * minutes)))
-    records = _records(train_root, None if data else max(n_train // 2, 8))
+    records = _records(train_root, max(n_train // 2, 8))  # per class, first in sorted order
     train_recs, held_recs = _split(records, holdout_root, n_eval, seed)
     classes = sorted({r.label for r in train_recs}, key=str)
     if not captions:

@@ -14,7 +14,6 @@ on the CPU with ``deterministic: true``).
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 
 from ..errors import MupdError
 from ..settings import settings
+from . import components as C
 from . import distributed as D
 from .config import TrainConfig
 from .data import TrainData, from_folder, from_shards, global_batch_indices
@@ -42,9 +42,10 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.accum = cfg.accumulation_steps(self.dist.world_size)
         self.autocast_dtype = _autocast_dtype(cfg.precision, self.device)
-        self.vae = vae if vae is not None else _load_vae(cfg, self.device)
-        self.encoders = _build_encoders(cfg, self.device)
-        self.align_encoder = _build_align_encoder(cfg, self.device)
+        self.vae = vae if vae is not None else C.load_vae(cfg.vae.path, self.device)
+        self.source_vae = C.load_vae(cfg.vae.source_path, self.device)
+        self.encoders = C.build_encoders(cfg, self.device)
+        self.align_encoder = C.build_align_encoder(cfg, self.device)
         if data is None:
             data = self._load_data()
         self.data = data
@@ -60,22 +61,33 @@ class Trainer:
 
         self.ema = EMA(self.model, cfg.ema.decay, warmup=cfg.ema.warmup)
         self.projector = self._build_projector()
-        params = self.trainable_parameters()
-        self.optimizer = torch.optim.AdamW(
-            [p for _, p in params], lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay, eps=cfg.optim.eps,
-            **({"fused": True} if self.device.type == "cuda" else {}),
-        )
         from .state import Progress
 
         self.progress = Progress()
-        self._resume(resume)
         bf16 = self.autocast_dtype is not None
-        self.train_model = D.wrap_model(self.model, self.dist, cfg.parallel, bf16)
-        if cfg.compile:
+        self.sharded = cfg.parallel == "fsdp" and self.dist.enabled
+        if self.sharded:
+            # FSDP2 swaps parameters for sharded DTensors: load weights first, build the optimiser after
+            self._resume(resume, weights_only=True)
+            self.train_model = D.wrap_model(self.model, self.dist, cfg.parallel, bf16)
+            self.optimizer = self._build_optimizer()
+        else:
+            self.optimizer = self._build_optimizer()
+            self._resume(resume)
+            model = torch.compile(self.model) if cfg.compile else self.model
+            self.train_model = D.wrap_model(model, self.dist, cfg.parallel, bf16)
+        if cfg.compile and self.sharded:
             self.train_model = torch.compile(self.train_model)
         self._caption_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # --- construction ---------------------------------------------------------------------------
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        return torch.optim.AdamW(
+            [p for _, p in self.trainable_parameters()], lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay,
+            eps=cfg.optim.eps, **({"fused": True} if self.device.type == "cuda" else {}),
+        )
+
     def _load_data(self) -> TrainData:
         cfg = self.cfg
         if cfg.data.source == "shards":
@@ -90,7 +102,7 @@ class Trainer:
         from .finetune import finetuned_model, freeze, fresh_model
 
         cfg = self.cfg
-        cond_dims = {m: int(enc.width) for m, enc in self.encoders.items()}
+        cond_dims = {m: int(self.data.tensors[m].shape[-1]) if m in self.data.tensors else int(enc.width) for m, enc in self.encoders.items()}
         extra = int(self.data.tensors["source_latent"].shape[1]) if "source_latent" in self.data.tensors else 0
         cls_dim = int(self.data.tensors["align_cls"].shape[1]) if "align_cls" in self.data.tensors else None
         if cfg.finetune.init_from:
@@ -126,7 +138,7 @@ class Trainer:
     def checkpoint_dir(self) -> Path:
         return self.out / "checkpoint"
 
-    def _resume(self, resume) -> None:
+    def _resume(self, resume, weights_only: bool = False) -> None:
         if resume in (None, False):
             return
         folder = self.checkpoint_dir if resume in (True, "auto") else Path(resume)
@@ -139,12 +151,17 @@ class Trainer:
         from ..checkpoint import load_into
         from .state import load_train_state
 
+        C.warn_config_changes(folder / "train_state" / "config.yaml", self.cfg, self.dist.is_main)
+
         load_into(self.model, folder / "model" / "model.safetensors")
         if (folder / "model" / "ema.safetensors").exists():
             load_into(self.ema.module, folder / "model" / "ema.safetensors")
         extra = {"projector": self.projector} if self.projector is not None else None
-        self.progress = load_train_state(folder / "train_state", optimizer=self.optimizer, params=dict(self.trainable_parameters()), extra_modules=extra)
+        optimizer = None if weights_only else self.optimizer
+        self.progress = load_train_state(folder / "train_state", optimizer=optimizer, params=dict(self.trainable_parameters()), extra_modules=extra)
         self.ema.num_updates = self.progress.step
+        if weights_only and self.dist.is_main:
+            print("mupd train: FSDP resume restores weights, EMA, data position and RNG; the AdamW moments restart", flush=True)
         if self.dist.is_main:
             print(f"mupd train: resumed from {folder} at {self.progress.images_seen} images", flush=True)
 
@@ -157,10 +174,10 @@ class Trainer:
         state = D.full_state_dict(self.train_model, "fsdp") if sharded else None  # collective: every rank
         if self.dist.is_main:
             with atomic_folder(self.checkpoint_dir) as tmp:
-                _save_pipeline(tmp, self, state)
+                C.save_pipeline(tmp, self, state)
                 names = {id(p): n for n, p in self.trainable_parameters()}
                 extra = {"projector": self.projector} if self.projector is not None else None
-                save_train_state(tmp / "train_state", optimizer=self.optimizer, param_names=names, progress=self.progress, config_yaml=self.cfg.to_yaml(), extra_modules=extra)
+                save_train_state(tmp / "train_state", optimizer=None if self.sharded else self.optimizer, param_names=names, progress=self.progress, config_yaml=self.cfg.to_yaml(), extra_modules=extra)
         D.barrier()
         return self.checkpoint_dir if self.dist.is_main else None
 
@@ -190,7 +207,9 @@ class Trainer:
         conditions = {}
         for modality, enc in self.encoders.items():
             spec = self.cfg.conditions[modality]
-            if modality == "text":
+            if modality in batch and f"{modality}_mask" in batch:  # tokens precomputed in the shards
+                tokens, mask = batch[modality], batch[f"{modality}_mask"].bool()
+            elif modality == "text":
                 tokens, mask = self._encode_captions(enc, batch[spec.field])
             else:
                 if spec.field not in batch:
@@ -266,10 +285,10 @@ class Trainer:
                 # sum over samples / global batch, x world because DDP averages gradients
                 (loss.sum() * (W / G)).backward()
                 sums += torch.stack([loss.detach().sum().cpu(), *(x.cpu() for x in terms)]).double()
+        if self.projector is not None and W > 1:
+            _all_reduce_grads(self.projector, W)  # not wrapped in DDP; reduce before the norm is taken
         params = [p for _, p in self.trainable_parameters()]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
-        if self.projector is not None and W > 1:
-            _all_reduce_grads(self.projector, W)  # the projector is not wrapped in DDP
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         _ema_update(self.ema, self.model, cfg.parallel == "fsdp" and W > 1)
@@ -401,59 +420,3 @@ def _all_reduce_grads(module: torch.nn.Module, world: int) -> None:
         if p.grad is not None:
             D.all_reduce_sum(p.grad)
             p.grad /= world
-
-
-def _load_vae(cfg, device):
-    if not cfg.vae.path:
-        return None
-    from ..encoders.vae import LatentAutoencoder
-
-    return LatentAutoencoder.from_pretrained(cfg.vae.path).to(device).eval()
-
-
-def _build_encoders(cfg, device) -> dict:
-    from ..encoders import registry
-
-    out = {}
-    for modality, spec in cfg.conditions.items():
-        kwargs = dict(spec.kwargs)
-        if spec.path:
-            kwargs["path"] = spec.path
-        out[modality] = registry.build(modality, spec.name, **kwargs).to(device).eval().requires_grad_(False)
-    return out
-
-
-def _build_align_encoder(cfg, device):
-    if not cfg.align.encoder:
-        return None
-    from ..encoders import registry
-
-    kwargs = dict(cfg.align.kwargs)
-    if cfg.align.path:
-        kwargs["path"] = cfg.align.path
-    return registry.build("image", cfg.align.encoder, **kwargs).to(device).eval().requires_grad_(False)
-
-
-def _save_pipeline(folder: Path, trainer: Trainer, state: dict) -> None:
-    """The pipeline folder part of a checkpoint (model + EMA + VAE + encoder specs)."""
-    from ..bundle import save_bundle
-
-    cfg = trainer.cfg
-    model = trainer.model
-    if cfg.parallel == "fsdp" and trainer.dist.enabled:  # sharded parameters: save a plain gathered copy
-        from ..models.mupd import MuPD
-
-        model = MuPD(trainer.model.config)
-        model.load_state_dict(state)
-    encoders = {m: (spec.name, dict(spec.kwargs), spec.path) for m, spec in cfg.conditions.items()}
-    labels = {}
-    if cfg.data.captions:
-        labels = {str(k): v for k, v in cfg.data.captions.items()}
-    extra = {"task": "translate" if model.config.extra_in_channels else "generate", "labels": labels,
-             "image_size": cfg.data.image_size, "source_channels": model.config.extra_in_channels,
-             "trained_images": trainer.progress.images_seen}
-    if trainer.vae is None:
-        model.save_pretrained(folder / "model", ema=trainer.ema.module)
-        (folder / "model_index.json").write_text(json.dumps({"format": "mupd-partial", "note": "no vae.path was given", **extra}, indent=2))
-        return
-    save_bundle(folder, model=model, ema=trainer.ema.module, vae=trainer.vae, encoders=encoders, extra=extra)

@@ -110,8 +110,9 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 
 def save_train_state(folder: Path, *, optimizer, param_names: dict[int, str], progress: Progress, config_yaml: str, extra_modules: dict[str, torch.nn.Module] | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    opt_tensors, opt_meta = optimizer_to_flat(optimizer, param_names)
-    save_tensors(folder / "optimizer.safetensors", opt_tensors)
+    opt_tensors, opt_meta = optimizer_to_flat(optimizer, param_names) if optimizer is not None else ({}, None)
+    if optimizer is not None:  # None under FSDP (sharded moments are not gathered; see loop.py)
+        save_tensors(folder / "optimizer.safetensors", opt_tensors)
     rng_tensors, rng_meta = rng_state()
     save_tensors(folder / "rng.safetensors", rng_tensors)
     extra = {}
@@ -127,7 +128,8 @@ def load_train_state(folder: Path, *, optimizer, params: dict[str, torch.nn.Para
     if not (folder / "state.json").exists():
         raise MupdError(f"{folder} has no state.json; it is not a resumable checkpoint (pass a run folder written by 'mupd train')")
     meta = read_json(folder / "state.json")
-    optimizer_from_flat(optimizer, params, load_tensors(folder / "optimizer.safetensors"), meta["optimizer"], folder)
+    if optimizer is not None and meta["optimizer"] is not None:
+        optimizer_from_flat(optimizer, params, load_tensors(folder / "optimizer.safetensors"), meta["optimizer"], folder)
     set_rng_state(load_tensors(folder / "rng.safetensors"), meta["rng"])
     if extra_modules:
         extra = load_tensors(folder / "extra.safetensors")

@@ -1,0 +1,77 @@
+"""What the training loop is built from and writes: autoencoders and frozen encoders named by the
+config, the pipeline-folder part of a checkpoint, and the resume-time config comparison."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+
+def warn_config_changes(saved_yaml: Path, cfg, show: bool) -> None:
+    """A resumed run may change lengths and intervals; anything else deserves a visible note."""
+    import yaml
+
+    if not show or not saved_yaml.exists():
+        return
+    saved, now = yaml.safe_load(saved_yaml.read_text(encoding="utf-8")) or {}, cfg.to_dict()
+    ignore = {"output", "total_images", "intervals", "progress", "tensorboard", "preview"}
+    changed = sorted(k for k in set(saved) | set(now) if k not in ignore and saved.get(k) != now.get(k))
+    if changed:
+        print(f"mupd train: note: resuming with changed config sections {changed} (saved config: {saved_yaml})", flush=True)
+
+
+def load_vae(path, device):
+    if not path:
+        return None
+    from ..encoders.vae import LatentAutoencoder
+
+    return LatentAutoencoder.from_pretrained(path).to(device).eval()
+
+
+def build_encoders(cfg, device) -> dict:
+    from ..encoders import registry
+
+    out = {}
+    for modality, spec in cfg.conditions.items():
+        kwargs = dict(spec.kwargs)
+        if spec.path:
+            kwargs["path"] = spec.path
+        out[modality] = registry.build(modality, spec.name, **kwargs).to(device).eval().requires_grad_(False)
+    return out
+
+
+def build_align_encoder(cfg, device):
+    if not cfg.align.encoder:
+        return None
+    from ..encoders import registry
+
+    kwargs = dict(cfg.align.kwargs)
+    if cfg.align.path:
+        kwargs["path"] = cfg.align.path
+    return registry.build("image", cfg.align.encoder, **kwargs).to(device).eval().requires_grad_(False)
+
+
+def save_pipeline(folder: Path, trainer, state: dict | None) -> None:
+    """The pipeline folder part of a checkpoint (model + EMA + VAE + encoder specs)."""
+    from ..bundle import save_bundle
+
+    cfg = trainer.cfg
+    model = trainer.model
+    if cfg.parallel == "fsdp" and trainer.dist.enabled:  # sharded parameters: save a plain gathered copy
+        from ..models.mupd import MuPD
+
+        model = MuPD(trainer.model.config)
+        model.load_state_dict(state)
+    encoders = {m: (spec.name, dict(spec.kwargs), spec.path) for m, spec in cfg.conditions.items()}
+    labels = {}
+    if cfg.data.captions:
+        labels = {str(k): v for k, v in cfg.data.captions.items()}
+    extra = {"task": "translate" if model.config.extra_in_channels else "generate", "labels": labels,
+             "image_size": cfg.data.image_size, "source_channels": model.config.extra_in_channels,
+             "trained_images": trainer.progress.images_seen}
+    if trainer.vae is None:
+        model.save_pretrained(folder / "model", ema=trainer.ema.module)
+        (folder / "model_index.json").write_text(json.dumps({"format": "mupd-partial", "note": "no vae.path was given", **extra}, indent=2))
+        return
+    save_bundle(folder, model=model, ema=trainer.ema.module, vae=trainer.vae, source_vae=trainer.source_vae, encoders=encoders, extra=extra)
