@@ -112,6 +112,7 @@ def main() -> int:
             t0 = time.perf_counter()
             run_demo(minutes=args.minutes, out=Path(tmp) / "demo", progress=False)
             timings["demo_seconds"] = round(time.perf_counter() - t0, 1)
+            print(f"demo done in {timings['demo_seconds']} s", flush=True)
             model_dir = Path(tmp) / "demo" / "checkpoint"
         pipe = Pipeline.from_pretrained(model_dir, device="cpu")
         size = pipe.image_size
@@ -124,6 +125,7 @@ def main() -> int:
         t0 = time.perf_counter()
         classifier = train_classifier(x_train, y_train, args.classifier_seconds)
         timings["classifier_seconds"] = round(time.perf_counter() - t0, 1)
+        print("classifier trained", flush=True)
         real_acc = mean_ci((predict(classifier, x_valid) == y_valid).astype(float))
 
         # synthetic dataset through the augment pipeline (PNG + manifest), then scored
@@ -131,6 +133,7 @@ def main() -> int:
         manifest = augment(pipe, data / "pcam/valid", Path(tmp) / "synthetic", per_class=args.per_class, steps=args.steps,
                            guidance=2.0, seed=0, limit_real=1, batch_size=16, progress=False)
         timings["generation_seconds"] = round(time.perf_counter() - t0, 1)
+        print(f"augment wrote {2 * args.per_class} images in {timings['generation_seconds']} s", flush=True)
         synthetic = read_manifest(manifest)
         x_syn = load_uint8([r.image for r in synthetic], size)
         y_syn = np.array([int(r.label) for r in synthetic])

@@ -101,7 +101,12 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--seconds", type=float, default=5.0, help="timed seconds per configuration")
     parser.add_argument("--gpu", action="store_true", help="also run S/2, B/2, XL/2 at 256 px on CUDA")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores not already busy)")
     args = parser.parse_args()
+    from mupd.train.demo import idle_threads
+
+    torch.set_num_threads(args.threads or idle_threads())
+    load = __import__("os").getloadavg()[0]
     import tempfile
 
     tmp = Path(tempfile.mkdtemp(prefix="mupd-bench-"))
@@ -132,6 +137,7 @@ def main() -> None:
         "hardware": {"cpu": platform.processor() or platform.machine(), "cpu_threads": torch.get_num_threads(),
                      "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "torch": torch.__version__,
+        "load_average_at_start": load,
         "note": "CPU timings on a shared machine are noisy; compare the ratio, not absolute images/s",
         "results": rows,
     }

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from mupd.errors import MupdError
-from mupd.metrics.cells import (FEATURES, CellPopulation, CellTyper, NucleusSegmenter, compare_populations, feature_wasserstein,
+from mupd.metrics.cells import (FEATURES, CellPopulation, CellTyper, NucleusSegmenter, analyse_tiles, compare_populations, feature_wasserstein,
                                 nuclei_features, read_label_mask, segment_nuclei)
 
 
@@ -57,6 +57,12 @@ def test_label_mask_adapter_reads_binary_and_instance_maps(tmp_path):
     assert labels.max() == 2 and set(np.unique(labels)) == {0, 1, 2}
     with pytest.raises(MupdError, match="does not exist"):
         read_label_mask(tmp_path / "missing.png")
+    # external masks drive the per-nucleus measurements in place of the built-in segmenter
+    tiles = np.full((2, 40, 40, 3), 230, np.uint8)
+    tiles[:, 5:12, 5:12] = (60, 40, 120)
+    population = analyse_tiles(tiles, masks=[tmp_path / "binary.png", labels])
+    assert population.counts().tolist() == [2, 2]
+    assert population.features[0, 0] == 49  # the 7x7 nucleus' area in pixels
 
 
 def test_wasserstein_matches_scipy_in_1d_and_detects_shift():

@@ -98,7 +98,8 @@ def test_alignment_loss_falls_on_pcam_with_a_frozen_vit(tmp_path, sample_data, t
     cfg = TrainConfig.from_dict({
         "preset": "tiny", "output": str(tmp_path / "align"), "progress": False, "total_images": 160,
         "data": {"path": str(sample_data / "pcam" / "valid"), "limit": 32, "image_size": 32},
-        "vae": {"path": str(tiny_vae_dir)}, "optim": {"lr": 5e-3}, "intervals": {"log": 8},
+        "vae": {"path": str(tiny_vae_dir)}, "optim": {"lr": 5e-3}, "intervals": {"log": 8, "preview": 160},
+        "preview": {"steps": 2, "per_condition": 2},
         "align": {"encoder": "timm", "path": str(tmp_path / "vit"), "block": 1, "weight": 1.0, "cls_weight": 0.1, "projector_dim": 32},
     })
     trainer = Trainer(cfg, device="cpu", resume=False)
@@ -112,5 +113,8 @@ def test_alignment_loss_falls_on_pcam_with_a_frozen_vit(tmp_path, sample_data, t
     cls = [r["loss_cls"] for r in log]
     assert sum(align[-3:]) < 0.9 * sum(align[:3]), align
     assert sum(cls[-3:]) < sum(cls[:3]), cls
+    from PIL import Image
+
+    assert Image.open(Path(cfg.output) / "previews" / "000000160.png").height >= 32  # EMA samples, VAE-decoded
     # the projector is part of the resumable state
     assert (Path(cfg.output) / "checkpoint" / "train_state" / "extra.safetensors").exists()

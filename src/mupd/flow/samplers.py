@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ..errors import MupdError
 from ..settings import settings
 from .guidance import GuidancePlan, guided_velocity
-from .interpolant import expand_t, score_from_velocity
+from .interpolant import score_from_velocity
 
 METHODS = ("heun", "euler", "euler_maruyama")
 

@@ -156,11 +156,16 @@ class CellPopulation:
 
 
 @run_single_threaded
-def analyse_tiles(images, segmenter: NucleusSegmenter | None = None, *, progress: bool = False, desc: str = "nuclei") -> CellPopulation:
-    """Segment and measure every tile; ``images`` is uint8 (N,3,H,W) (torch or numpy) or (N,H,W,3)."""
+def analyse_tiles(images, segmenter: NucleusSegmenter | None = None, *, masks=None, progress: bool = False,
+                  desc: str = "nuclei") -> CellPopulation:
+    """Segment and measure every tile; ``images`` is uint8 (N,3,H,W) (torch or numpy) or (N,H,W,3).
+    ``masks`` (one label array or mask file per tile, e.g. from HoVer-Net/StarDist/Cellpose via
+    ``read_label_mask``) replaces the built-in segmenter."""
     array = np.asarray(images)
     if array.ndim == 4 and array.shape[1] == 3 and array.shape[-1] != 3:
         array = array.transpose(0, 2, 3, 1)
+    if masks is not None:
+        require(len(masks) == len(array), f"{len(masks)} label masks for {len(array)} tiles; give one per tile")
     iterator = range(len(array))
     if progress:
         from tqdm.auto import tqdm
@@ -168,7 +173,11 @@ def analyse_tiles(images, segmenter: NucleusSegmenter | None = None, *, progress
         iterator = tqdm(iterator, desc=desc, unit="tile")
     rows, tiles = [], []
     for i in iterator:
-        f = nuclei_features(array[i], segment_nuclei(array[i], segmenter))
+        if masks is None:
+            labels = segment_nuclei(array[i], segmenter)
+        else:
+            labels = masks[i] if isinstance(masks[i], np.ndarray) else read_label_mask(masks[i])
+        f = nuclei_features(array[i], labels)
         rows.append(f)
         tiles.append(np.full(len(f), i))
     return CellPopulation(np.concatenate(rows) if rows else np.zeros((0, len(FEATURES))),

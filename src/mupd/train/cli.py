@@ -38,6 +38,7 @@ def register(subparsers) -> None:
     demo.add_argument("--image-size", type=int, default=64, help="patch size in pixels (PCam's 96 px are resized), default 64")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--eval-samples", type=int, default=None, help="generated patches for FID/KID (default ~26 per minute, max 128)")
+    demo.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores not already busy)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=run_demo)
 
@@ -115,6 +116,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo as demo
 
     summary = demo(minutes=args.minutes, out=args.out, device=args.device, data=args.data, image_size=args.image_size,
-                   seed=args.seed, progress=not args.no_progress, eval_samples=args.eval_samples)
+                   seed=args.seed, progress=not args.no_progress, eval_samples=args.eval_samples,
+                   threads=args.threads)
     print(f"mupd demo: wrote {summary['out']}/samples.png, metrics.json, report.html and checkpoint/", flush=True)
     return 0

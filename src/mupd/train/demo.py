@@ -74,8 +74,22 @@ def _split(records, holdout_folder: Path | None, n_eval: int, seed: int):
     return train, held
 
 
+def idle_threads() -> int:
+    """Intra-op threads to use: the cores not already busy (on a shared machine OpenMP threads that
+    compete for busy cores make small ops many times slower than one thread does)."""
+    import os
+
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    return max(1, min(torch.get_num_threads(), int(cores - load + 0.5)))
+
+
 def run_demo(*, minutes: float = 5.0, out: str | Path = "./mupd-demo", device: str | None = None, data: str | None = None,
-             image_size: int = 64, seed: int = 0, progress: bool = True, eval_samples: int | None = None, sample_steps: int = 20) -> dict:
+             image_size: int = 64, seed: int = 0, progress: bool = True, eval_samples: int | None = None, sample_steps: int = 20,
+             threads: int | None = None) -> dict:
     """Run the demo; returns ``{"out": folder, "metrics": the metrics.json dict}``.
 
     ``eval_samples``: generated (and held-out real) patches for FID/KID, default ~26 per minute of
@@ -97,12 +111,16 @@ def run_demo(*, minutes: float = 5.0, out: str | Path = "./mupd-demo", device: s
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     dev = settings.torch_device(device)
+    if dev.type == "cpu":
+        torch.set_num_threads(threads or idle_threads())
 
     train_root, holdout_root, captions, source = find_data(data, seed)
     n_train = int(min(4000, max(128, 700 * minutes)))
     n_eval = int(eval_samples or min(128, max(16, 26 * minutes)))
     records = _records(train_root, max(n_train // 2, 8))  # per class, first in sorted order
     train_recs, held_recs = _split(records, holdout_root, n_eval, seed)
+    order = np.random.default_rng(seed).permutation(len(train_recs))  # classes interleaved
+    train_recs = [train_recs[i] for i in order]
     classes = sorted({r.label for r in train_recs}, key=str)
     if not captions:
         captions = {str(c): str(c).replace("_", " ") for c in classes}
@@ -118,7 +136,9 @@ def run_demo(*, minutes: float = 5.0, out: str | Path = "./mupd-demo", device: s
     recon = reconstruction_error(vae, held_pixels)
 
     # 2. latents + the generator (the rest, minus room for sampling and metrics)
-    latents = encode_pixels(vae, pixels, progress=progress)
+    latents = _encode_within(vae, pixels, deadline=time.perf_counter() + 0.1 * budget, progress=progress)
+    if len(latents) < len(pixels):  # the encoding budget ran out: train on the patches encoded so far
+        pixels, labels, train_recs = pixels[: len(latents)], labels[: len(latents)], train_recs[: len(latents)]
     label_ids = torch.tensor([classes.index(lab) for lab in labels])
     train_data = TrainData(latents, label_ids, captions_for(labels, captions), ids=[r.id for r in train_recs], class_names=[str(c) for c in classes])
     cfg = TrainConfig.from_dict({
@@ -163,7 +183,8 @@ def run_demo(*, minutes: float = 5.0, out: str | Path = "./mupd-demo", device: s
     metrics = {
         "data": {"source": source, "train_patches": len(train_recs), "held_out_patches": len(held_recs), "image_size": image_size,
                  "classes": {str(c): captions[str(c)] for c in classes}},
-        "settings": {"minutes": minutes, "seed": seed, "device": str(dev), "torch_threads": torch.get_num_threads()},
+        "settings": {"minutes": minutes, "seed": seed, "device": str(dev), "torch_threads": torch.get_num_threads(),
+                     "note": "time-boxed: images seen depend on the machine's speed; the seed fixes data order and noise"},
         "autoencoder": {"block_out_channels": [16, 32, 32], "downsample": ae.downsample, "steps": ae.steps, "images_seen": ae.images_seen,
                         "seconds": round(ae.seconds, 1), "held_out_reconstruction": recon},
         "generator": {"model": {"preset": "tiny", **DEMO_MODEL, "parameters": trainer.model.num_parameters()},
@@ -179,6 +200,18 @@ def run_demo(*, minutes: float = 5.0, out: str | Path = "./mupd-demo", device: s
 
     write_report(out, metrics)
     return {"out": str(out), "metrics": metrics}
+
+
+def _encode_within(vae, pixels: torch.Tensor, *, deadline: float, progress: bool, chunk: int = 64) -> torch.Tensor:
+    """Encode in an interleaved class order until ``deadline`` (at least two chunks)."""
+    from .data import encode_pixels
+
+    out = []
+    for start in range(0, len(pixels), chunk):
+        if start >= 2 * chunk and time.perf_counter() > deadline:
+            break
+        out.append(encode_pixels(vae, pixels[start:start + chunk], batch_size=chunk, progress=False))
+    return torch.cat(out)
 
 
 def _fid_kid(real: torch.Tensor, fake: torch.Tensor, vae) -> dict:
