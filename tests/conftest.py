@@ -8,7 +8,7 @@ import torch
 
 from mupd.settings import sample_data_dir
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models: thread overhead dominates; 2-process tests share the 2 cores
 
 
 @pytest.fixture(scope="session")
