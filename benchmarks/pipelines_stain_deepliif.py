@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 TILE = 32        # model tile in pixels (latent 8x8 with a 4x autoencoder)
 TRAIN_ROWS = 176  # rows [0, 176) of each 256-px panel train; rows [192, 256) are held out

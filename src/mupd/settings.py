@@ -10,8 +10,10 @@ import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported lazily so `mupd --help` stays fast
+    import torch
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent
 
@@ -23,6 +25,8 @@ class Settings:
     num_workers: int = 0
 
     def torch_device(self, device: str | None = None) -> torch.device:
+        import torch
+
         name = device or self.device
         if name == "auto":
             name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -30,6 +34,8 @@ class Settings:
 
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
         """bf16 on CUDA unless precision says fp32; None (no autocast) on the CPU."""
+        import torch
+
         if self.precision == "fp32" or device.type != "cuda":
             return None
         return torch.bfloat16
@@ -38,6 +44,8 @@ class Settings:
         dtype = self.autocast_dtype(device)
         if dtype is None:
             return contextlib.nullcontext()
+        import torch
+
         return torch.autocast(device.type, dtype=dtype)
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from mupd.checkpoint import load_tensors
 from mupd.cli import main
+from mupd.errors import MupdError
 from mupd.data import read_manifest
 from mupd.data.expression import GeneVocabulary
 from mupd.data.shards import read_all
@@ -61,9 +63,11 @@ def test_index_spatial_and_fit_vocabulary(sample_data, tmp_path):
 
 def test_deepliif_panels_and_paired_manifest(sample_data, tmp_path):
     root = sample_data / "stains" / "deepliif" / "Sample_Dataset"
-    pairs = deepliif_records(root, "test", source="ihc", target=("dapi", "lap2"))
-    assert len(pairs) == 4 and pairs[0].source_image.shape == (512, 512, 3) and pairs[0].image.shape == (512, 512, 6)
+    pairs = deepliif_records(root, "train", source="ihc", target=("dapi", "lap2"))
+    assert len(pairs) == 2 and pairs[0].source_image.shape == (512, 512, 3) and pairs[0].image.shape == (512, 512, 6)
     assert len(DEEPLIIF_PANELS) == 6
+    with pytest.raises(MupdError, match="pixel-identical"):  # the public test split repeats the IHC panel
+        deepliif_records(root, "test")
     assert main(["data", "index", str(root), "--out", str(tmp_path / "pairs.csv")]) == 0
     records = paired_manifest(tmp_path / "pairs.csv")
     assert len(records) == 2 and all(r.source_image.exists() for r in records)

@@ -6,7 +6,6 @@ import csv
 import json
 
 import pandas as pd
-import pytest
 from PIL import Image
 
 from mupd.cli import main

@@ -111,3 +111,10 @@ def test_task_mismatch_and_bad_sizes(gen, stainer, ihc, sample_data):
         gen.vary(pcam, strength=0.5)
     with pytest.raises(MupdError, match="stain method"):
         stainer.stain(ihc, method="sdedit")
+
+
+def test_sdedit_with_every_sampler_is_seeded(gen, patch):
+    for sampler in ("euler", "heun", "euler_maruyama"):
+        a = gen.vary(patch, strength=0.5, n=2, steps=4, sampler=sampler, seed=3, output_type="np").images
+        b = gen.vary(patch, strength=0.5, n=2, steps=4, sampler=sampler, seed=3, output_type="np").images
+        assert np.array_equal(a, b) and not np.array_equal(a[0], a[1]), sampler

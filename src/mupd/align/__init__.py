@@ -1,4 +1,5 @@
-"""Tri-modal contrastive alignment (image / text / RNA): losses, MIL aggregators, offline towers,
-the ``mupd align`` trainer, stage-2 self-taught distillation, and evaluation of the space."""
+"""Tri-modal contrastive alignment (image / text / RNA): losses (``align.losses``), MIL aggregators
+(``align.mil``), offline towers, the ``mupd align`` trainer (``align.train``), stage-2 self-taught
+distillation (``align.slide``), and evaluation of the space (``align.evaluate``).
 
-from .losses import LogitScale, info_nce, multi_pair_loss  # noqa: F401
+Submodules are imported where used, so ``mupd --help`` does not load torch."""

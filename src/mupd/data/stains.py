@@ -43,6 +43,10 @@ def deepliif_records(root: str | os.PathLike, split: str = "train", *, source: s
     for f in files[:limit]:
         panels = split_panels(np.asarray(read_image(f)), len(DEEPLIIF_PANELS), str(f))
         pick = {n: p for n, p in zip(DEEPLIIF_PANELS, panels)}
+        same = [t for t in targets if t != source and np.array_equal(pick[t], pick[source])]
+        # DeepLIIF's public Sample_Dataset/test repeats the IHC panel six times: no real target there.
+        require(not same, f"{f}: the target panel(s) {same} are pixel-identical to the '{source}' panel, so this "
+                          "file holds no real target; use files with registered targets (e.g. the train split)")
         image = pick[targets[0]] if len(targets) == 1 else np.concatenate([pick[t] for t in targets], axis=2)
         records.append(Record(f"{split}/{f.stem}", np.ascontiguousarray(image), source_image=np.ascontiguousarray(pick[source]),
                               meta={"file": f.name, "source_panel": source, "target_panels": "+".join(targets)}))
