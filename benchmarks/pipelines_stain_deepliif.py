@@ -81,7 +81,8 @@ def main() -> int:
     from mupd.metrics.stains import marker_correlation, pearson
     from mupd.pipelines import Pipeline
     from mupd.settings import sample_data_dir
-    from mupd.train.autoencoder import train_autoencoder
+    from mupd.encoders.vae import LatentAutoencoder
+    from mupd.encoders.vae_train import fit_autoencoder
     from mupd.train.ema import EMA
 
     data = sample_data_dir()
@@ -93,10 +94,14 @@ def main() -> int:
     pool_src, pool_tgt = random_crops(ihc, mif, 2048, g)
     t0 = time.perf_counter()
     # small autoencoders and batches: more optimiser steps in a CPU budget matter more than width here
-    ae_kw = dict(seconds=args.vae_seconds, block_out_channels=(16, 32, 32), batch_size=16, progress=False)
-    source_ae = train_autoencoder(pool_src, **ae_kw)
-    target_ae = train_autoencoder(pool_tgt, seed=1, **ae_kw)
-    source_vae, target_vae = source_ae.vae, target_ae.vae
+    def autoencoder(pixels, seed):
+        ae = LatentAutoencoder.tiny(block_out_channels=(16, 32, 32), sample_size=pixels.shape[-1], norm_num_groups=8, seed=seed)
+        scaled = pixels.float() / 127.5 - 1
+        fit_autoencoder(ae, scaled, seconds=args.vae_seconds, batch_size=16, lr=2e-3, crop=32, seed=seed, progress=False)
+        ae.fit_latent_stats(scaled[:1024].split(64))
+        return ae
+
+    source_vae, target_vae = autoencoder(pool_src, 0), autoencoder(pool_tgt, 1)
     vae_seconds = time.perf_counter() - t0
     with torch.no_grad():
         src_lat = torch.cat([source_vae.encode(c.float() / 127.5 - 1) for c in pool_src.split(256)])

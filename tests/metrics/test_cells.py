@@ -92,6 +92,8 @@ def test_compare_populations_cell_types_and_counts():
     assert same["cell_types"]["total_variation"] < 0.1
     assert shifted["cell_types"]["total_variation"] == pytest.approx(0.5, abs=0.1)
     assert shifted["feature_wasserstein_emd"]["value"] > same["feature_wasserstein_emd"]["value"]
+    emd = shifted["feature_wasserstein_emd"]
+    assert emd["low"] <= emd["value"] <= emd["high"]
     assert same["nuclei_per_tile"]["real"]["value"] == pytest.approx(30.0)
 
     class ByFirstFeature:  # a provided classifier instead of k-means

@@ -31,7 +31,7 @@ def test_added_channels_and_stream_start_from_the_source_function(tmp_path):
     source = _source_model(tmp_path / "src")
     text = registry.build("text", "hashed-words", width=32)
     cfg = TrainConfig.from_dict({"finetune": {"init_from": str(tmp_path / "src"), "extra_in_channels": 4}})
-    model = finetuned_model(cfg, extra_in_channels=4, cond_dims={"text": text.width}, cls_dim=None).eval()
+    model = finetuned_model(cfg, latent_shape=(4, 8, 8), extra_in_channels=4, cond_dims={"text": text.width}, cls_dim=None).eval()
     assert model.config.extra_in_channels == 4 and model.config.modalities == ("text",)
     g = torch.Generator().manual_seed(0)
     x, src = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
@@ -46,6 +46,34 @@ def test_added_channels_and_stream_start_from_the_source_function(tmp_path):
     assert model.x_embedder.proj.weight[:, 4:].abs().sum() == 0 and model.x_embedder.proj.weight.requires_grad
     with pytest.raises(MupdError, match="only input channels can grow"):
         expand_model(source, hidden_size=128)
+
+
+def test_finetune_from_diffusers_dit_weights(tmp_path):
+    """format: dit builds the preset, converts the DiT weights and adds the condition streams."""
+    from mupd.checkpoint import save_tensors
+    from mupd.models.convert import config_from_diffusers, load_dit_weights
+
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    dit = diffusers.DiTTransformer2DModel(num_attention_heads=4, attention_head_dim=8, in_channels=4, out_channels=8,
+                                          num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=10, norm_eps=1e-6)
+    with torch.no_grad():
+        for p in dit.parameters():
+            p.normal_(0, 0.2)
+        for block in dit.transformer_blocks[1:]:  # converted DiT checkpoints share one time embedder
+            block.norm1.emb.load_state_dict(dit.transformer_blocks[0].norm1.emb.state_dict())
+    save_tensors(tmp_path / "dit.safetensors", dit.state_dict())
+    cfg = TrainConfig.from_dict({"model": {"preset": "tiny", "overrides": {"hidden_size": 32, "depth": 2, "num_heads": 4}},
+                                 "finetune": {"init_from": str(tmp_path / "dit.safetensors"), "format": "dit"}})
+    text = registry.build("text", "hashed-words", width=16)
+    model = finetuned_model(cfg, latent_shape=(4, 8, 8), extra_in_channels=0, cond_dims={"text": text.width}, cls_dim=None).eval()
+    reference = MuPD(config_from_diffusers(dict(dit.config), out_channels=4)).eval()
+    load_dit_weights(reference, dit.state_dict(), "diffusers")
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        expected = reference(x, t)
+        assert expected.abs().mean() > 0.1
+        torch.testing.assert_close(model(x, t, {"text": text.encode(["tumour"] * 2)}), expected, rtol=0, atol=1e-6)
 
 
 def test_translation_finetune_trains_with_source_latents_and_freezing(tmp_path, sample_data, tiny_vae_dir):

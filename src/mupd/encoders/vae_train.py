@@ -117,58 +117,87 @@ def reconstruction_metrics(ae, images: torch.Tensor) -> dict:
     return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim)), "n_holdout": len(real)}
 
 
-def train_vae(cfg: VAETrainConfig, *, progress: bool = True) -> dict:
+def fit_autoencoder(ae, images: torch.Tensor, *, samples: int | None = None, seconds: float | None = None,
+                    batch_size: int = 16, lr: float = 1e-3, kl_weight: float = 1e-6, loss: str = "l1",
+                    crop: int | None = None, seed: int = 0, optim=None, seen: int = 0,
+                    on_checkpoint=None, checkpoint_every: int | None = None, progress: bool = True) -> dict:
+    """Train ``ae.vae`` (a :class:`LatentAutoencoder`'s ``AutoencoderKL``) on ``images`` in [-1, 1].
+
+    The one training loop behind ``mupd vae train`` and ``mupd demo``. Budget: ``samples`` (images
+    seen, counting from ``seen`` on a resume) and/or wall ``seconds``. Data order, random crops,
+    flips and the posterior noise are pure functions of (seed, images seen), so a resumed run sees
+    what an uninterrupted one would. ``on_checkpoint(seen, optim)`` runs every ``checkpoint_every``
+    images and at the end. Latent statistics are not fitted here (``ae.fit_latent_stats``)."""
     from tqdm.auto import tqdm
 
+    require(samples is not None or seconds is not None, "fit_autoencoder needs a budget: samples= or seconds=")
+    require(loss in ("l1", "mse"), f"loss must be 'l1' or 'mse', not {loss!r}")
+    vae, device = ae.vae, ae.device
+    vae.requires_grad_(True).train()
+    optim = optim or torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    bar = tqdm(total=samples, initial=min(seen, samples or 0), desc="autoencoder", unit="img", disable=not progress)
+    started, last_save, losses = time.perf_counter(), seen, []
+    g = torch.Generator()
+    while samples is None or seen < samples:
+        if seconds is not None and time.perf_counter() - started >= seconds:
+            break
+        count = batch_size if samples is None else min(batch_size, samples - seen)
+        x = images[_order(seed, len(images), seen, count)]
+        g.manual_seed(seed * 7919 + seen)
+        if crop is not None and crop < x.shape[-1]:  # conv nets train on windows and still encode whole patches
+            top, left = (int(v) for v in torch.randint(0, x.shape[-1] - crop + 1, (2,), generator=g))
+            x = x[..., top:top + crop, left:left + crop]
+        if torch.rand((), generator=g) < 0.5:  # tissue has no orientation
+            x = x.flip(-1)
+        x = x.to(device)
+        dist = vae.encode(x).latent_dist
+        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=g).to(device)
+        recon = vae.decode(z).sample
+        rec = (recon - x).abs().mean() if loss == "l1" else ((recon - x) ** 2).mean()
+        total = rec + kl_weight * dist.kl().mean()
+        optim.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optim.step()
+        seen += count
+        losses.append(float(rec.detach()))
+        bar.update(count)
+        bar.set_postfix(recon=f"{losses[-1]:.4f}")
+        if on_checkpoint is not None and checkpoint_every and seen - last_save >= checkpoint_every:
+            on_checkpoint(seen, optim)
+            last_save = seen
+    bar.close()
+    if on_checkpoint is not None and seen != last_save:
+        on_checkpoint(seen, optim)
+    vae.requires_grad_(False).eval()
+    return {"images_seen": seen, "steps": len(losses), "losses": losses, "seconds": time.perf_counter() - started,
+            "finished": samples is not None and seen >= samples, "final_loss": losses[-1] if losses else float("nan")}
+
+
+def train_vae(cfg: VAETrainConfig, *, progress: bool = True) -> dict:
     from ..settings import settings
     from .vae import LatentAutoencoder
 
     require(cfg.preset in PRESETS, f"unknown VAE preset '{cfg.preset}'; choose one of {sorted(PRESETS)}")
-    require(cfg.loss in ("l1", "mse"), f"loss must be 'l1' or 'mse', not {cfg.loss!r}")
     blocks = PRESETS[cfg.preset]
     require(cfg.size % 2 ** (len(blocks) - 1) == 0, f"size {cfg.size} must be a multiple of {2 ** (len(blocks) - 1)}")
     out = Path(cfg.out)
-    device = settings.torch_device()
     images = _load_images(cfg)
     train_idx, held_idx = _split(len(images), cfg.holdout, cfg.seed)
     ae = LatentAutoencoder.tiny(latent_channels=cfg.latent_channels, block_out_channels=blocks, sample_size=cfg.size,
-                                seed=cfg.seed).to(device)
-    vae = ae.vae
-    vae.requires_grad_(True).train()
-    optim = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+                                seed=cfg.seed).to(settings.torch_device())
+    optim = torch.optim.AdamW(ae.vae.parameters(), lr=cfg.lr, weight_decay=0.0)
     ckpt = out / "checkpoint"
-    seen = _load_state(ckpt, vae, optim) if (ckpt / "state.json").exists() else 0
-    bar = tqdm(total=cfg.samples, initial=min(seen, cfg.samples), desc="vae train", unit="img", disable=not progress)
-    started, last_save, loss_value = time.time(), seen, float("nan")
-    noise = torch.Generator(device="cpu")
-    while seen < cfg.samples:
-        count = min(cfg.batch_size, cfg.samples - seen)
-        batch = images[train_idx[_order(cfg.seed, len(train_idx), seen, count)]].to(device)
-        noise.manual_seed(cfg.seed * 7919 + seen)  # posterior sample, reproducible on resume
-        dist = vae.encode(batch).latent_dist
-        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=noise).to(device)
-        recon = vae.decode(z).sample
-        rec = (recon - batch).abs().mean() if cfg.loss == "l1" else ((recon - batch) ** 2).mean()
-        loss = rec + cfg.kl_weight * dist.kl().mean()
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
-        seen += count
-        loss_value = float(loss.detach())
-        bar.update(count)
-        bar.set_postfix(loss=f"{loss_value:.4f}")
-        out_of_time = cfg.max_minutes is not None and time.time() - started > 60 * cfg.max_minutes
-        if seen - last_save >= cfg.checkpoint_every or seen >= cfg.samples or out_of_time:
-            _save_state(ckpt, vae, optim, seen, cfg)
-            last_save = seen
-        if out_of_time:
-            break
-    bar.close()
-    vae.requires_grad_(False).eval()
+    seen = _load_state(ckpt, ae.vae, optim) if (ckpt / "state.json").exists() else 0
+    run = fit_autoencoder(
+        ae, images[train_idx], samples=cfg.samples, seconds=None if cfg.max_minutes is None else 60 * cfg.max_minutes,
+        batch_size=cfg.batch_size, kl_weight=cfg.kl_weight, loss=cfg.loss, seed=cfg.seed, optim=optim, seen=seen,
+        on_checkpoint=lambda n, opt: _save_state(ckpt, ae.vae, opt, n, cfg), checkpoint_every=cfg.checkpoint_every,
+        progress=progress)
     ae.fit_latent_stats(images[train_idx].split(64))
-    metrics = {"images_seen": seen, "finished": seen >= cfg.samples, "final_loss": loss_value,
+    metrics = {"images_seen": run["images_seen"], "finished": run["finished"], "final_loss": run["final_loss"],
                "downsample": ae.downsample, "latent_channels": ae.latent_channels, "image_size": cfg.size,
-               **reconstruction_metrics(ae, images[held_idx].to(device)), "config": asdict(cfg)}
+               **reconstruction_metrics(ae, images[held_idx].to(ae.device)), "config": asdict(cfg)}
     ae.meta["trained_on"] = str(cfg.data)
     _save_final(ae, out, metrics)
     return metrics

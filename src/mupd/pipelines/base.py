@@ -1,6 +1,6 @@
 """``Pipeline``: a trained pipeline folder ready for inference (generate, vary, stain, translate).
 
-    pipe = Pipeline.from_pretrained("runs/pcam/pipeline")
+    pipe = Pipeline.from_pretrained("runs/pcam/checkpoint")
     images = pipe(text="a patch of metastatic tumour", n=4, steps=20, guidance={"text": 3.0}, seed=0)
     images[0].save("x.png")              # a PIL image; images.save(folder) keeps the parameters
 

@@ -24,6 +24,7 @@ from ..errors import MupdError
 
 PCAM_CAPTIONS = {"0": "lymph node, normal tissue", "1": "lymph node, metastatic tumour"}
 DEMO_MODEL = {"depth": 4, "hidden_size": 128, "num_heads": 4}
+DEMO_AUTOENCODER = (16, 32, 32)  # 4x down: 64 px patches -> 16x16 latents
 
 
 def find_data(data: str | None, seed: int) -> tuple[Path, Path | None, dict, str]:
@@ -96,7 +97,8 @@ def run_demo(*, minutes: float = 5.0, out: str | Path = "./mupd-demo", device: s
     budget (max 128); ``sample_steps``: Heun steps for the samples."""
     from ..checkpoint import write_json
     from ..settings import settings
-    from .autoencoder import reconstruction_error, train_autoencoder
+    from ..encoders.vae import LatentAutoencoder
+    from ..encoders.vae_train import fit_autoencoder, reconstruction_metrics
     from .config import TrainConfig
     from .data import TrainData, captions_for, encode_pixels, load_pixels
     from .loop import Trainer
@@ -131,9 +133,13 @@ def run_demo(*, minutes: float = 5.0, out: str | Path = "./mupd-demo", device: s
     labels = [r.label for r in train_recs]
 
     # 1. the autoencoder (~ a quarter of the budget)
-    ae = train_autoencoder(pixels, seconds=0.25 * budget, seed=seed, device=dev, progress=progress)
-    vae = ae.vae.to(dev)
-    recon = reconstruction_error(vae, held_pixels)
+    vae = LatentAutoencoder.tiny(block_out_channels=DEMO_AUTOENCODER, latent_channels=4, sample_size=image_size,
+                                 norm_num_groups=8, seed=seed).to(dev)
+    ae = fit_autoencoder(vae, pixels.float() / 127.5 - 1.0, seconds=0.25 * budget, batch_size=32, lr=2e-3,
+                         crop=32, seed=seed, progress=progress)
+    vae.meta.update(trained_by="mupd demo", images_seen=ae["images_seen"])
+    vae.fit_latent_stats(pixels[s:s + 64].to(dev).float() / 127.5 - 1.0 for s in range(0, min(len(pixels), 1024), 64))
+    recon = reconstruction_metrics(vae, held_pixels.to(dev).float() / 127.5 - 1.0)
 
     # 2. latents + the generator (the rest, minus room for sampling and metrics)
     latents = _encode_within(vae, pixels, deadline=time.perf_counter() + 0.1 * budget, progress=progress)
@@ -185,8 +191,8 @@ def run_demo(*, minutes: float = 5.0, out: str | Path = "./mupd-demo", device: s
                  "classes": {str(c): captions[str(c)] for c in classes}},
         "settings": {"minutes": minutes, "seed": seed, "device": str(dev), "torch_threads": torch.get_num_threads(),
                      "note": "time-boxed: images seen depend on the machine's speed; the seed fixes data order and noise"},
-        "autoencoder": {"block_out_channels": [16, 32, 32], "downsample": ae.downsample, "steps": ae.steps, "images_seen": ae.images_seen,
-                        "seconds": round(ae.seconds, 1), "held_out_reconstruction": recon},
+        "autoencoder": {"block_out_channels": list(DEMO_AUTOENCODER), "downsample": vae.downsample, "steps": ae["steps"],
+                        "images_seen": ae["images_seen"], "seconds": round(ae["seconds"], 1), "held_out_reconstruction": recon},
         "generator": {"model": {"preset": "tiny", **DEMO_MODEL, "parameters": trainer.model.num_parameters()},
                       "images_seen": result["images_seen"], "steps": result["steps"], "seconds": round(result["seconds"], 1),
                       "images_per_s": round(result["images_per_s"], 2), "loss_first_10pct": float(np.mean(losses[:k])),

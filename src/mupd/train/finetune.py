@@ -38,22 +38,37 @@ def fresh_model(cfg, *, latent_channels: int, latent_size: int, extra_in_channel
     return MuPD.from_preset(cfg.model.preset, **kwargs)
 
 
-def load_source(cfg):
-    """The model a fine-tune starts from (a plain MuPD on the CPU)."""
+def load_source(cfg, latent_shape: tuple[int, int, int] | None = None):
+    """The model a fine-tune starts from (a plain MuPD on the CPU).
+
+    ``latent_shape`` (C, H, W) of the training data sizes a model built for DiT/SiT weights, whose
+    checkpoints carry no config (the preset ``cfg.model.preset`` gives width, depth and heads)."""
     ft = cfg.finetune
     path = Path(ft.init_from)
     if ft.format == "dit":
-        try:
-            from ..models.convert import load_dit_weights
-        except ImportError as exc:
-            raise MupdError(f"finetune.format=dit needs mupd.models.convert ({exc})") from None
-        return load_dit_weights(path)
+        return _load_dit(path, cfg.model.preset, cfg.model.overrides, latent_shape)
     from ..models.mupd import MuPD
 
     folder = path / "model" if (path / "model" / "config.json").exists() else path
     if not (folder / "config.json").exists():
         raise MupdError(f"finetune.init_from={path} holds no model config.json (expected a pipeline folder with model/, or a MuPD save_pretrained folder)")
     return MuPD.from_pretrained(folder, use_ema=ft.use_ema)
+
+
+def _load_dit(path: Path, preset: str, overrides: dict, latent_shape: tuple[int, int, int] | None):
+    from ..models.convert import load_dit_weights, read_dit_checkpoint
+    from ..models.mupd import MuPD
+
+    state = read_dit_checkpoint(path)
+    layout = "diffusers" if any(k.startswith("transformer_blocks.") for k in state) else "dit"
+    sizes = dict(overrides)
+    if latent_shape is not None:
+        sizes.update(in_channels=int(latent_shape[0]), input_size=int(latent_shape[1]))
+    # DiT/SiT take timesteps in [0, 1000); diffusers' sinusoid differs from DiT's by a frequency shift.
+    model = MuPD.from_preset(preset, modalities=(), time_scale=1000.0,
+                             timestep_freq_shift=1.0 if layout == "diffusers" else 0.0, **sizes)
+    load_dit_weights(model, state, layout)
+    return model
 
 
 def expand_model(source, *, extra_in_channels: int = 0, add_modalities: dict[str, int] | None = None, **config_changes):
@@ -97,8 +112,8 @@ def copy_matching(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> lis
     return skipped
 
 
-def finetuned_model(cfg, *, extra_in_channels: int, cond_dims: dict[str, int], cls_dim: int | None):
-    source = load_source(cfg)
+def finetuned_model(cfg, *, latent_shape: tuple[int, int, int], extra_in_channels: int, cond_dims: dict[str, int], cls_dim: int | None):
+    source = load_source(cfg, latent_shape)
     have = source.config.extra_in_channels
     grow = max(extra_in_channels - have, 0, cfg.finetune.extra_in_channels)
     add = {m: w for m, w in cond_dims.items() if m not in source.config.modalities}

@@ -106,7 +106,7 @@ class Trainer:
         extra = int(self.data.tensors["source_latent"].shape[1]) if "source_latent" in self.data.tensors else 0
         cls_dim = int(self.data.tensors["align_cls"].shape[1]) if "align_cls" in self.data.tensors else None
         if cfg.finetune.init_from:
-            model = finetuned_model(cfg, extra_in_channels=extra, cond_dims=cond_dims, cls_dim=cls_dim)
+            model = finetuned_model(cfg, latent_shape=self.latent_shape, extra_in_channels=extra, cond_dims=cond_dims, cls_dim=cls_dim)
         else:
             c, h, w = self.latent_shape
             model = fresh_model(cfg, latent_channels=c, latent_size=h, extra_in_channels=extra, cond_dims=cond_dims, cls_dim=cls_dim)

@@ -52,7 +52,7 @@ def write_report(out: Path, metrics: dict) -> Path:
     rows = [
         ("data", metrics["data"]["source"]),
         ("training patches / held-out", f"{metrics['data']['train_patches']} / {metrics['data']['held_out_patches']} at {metrics['data']['image_size']} px"),
-        ("autoencoder", f"{ae['steps']} steps, {ae['images_seen']} crops, {ae['seconds']} s; held-out PSNR {ae['held_out_reconstruction']['psnr_db']:.2f} dB"),
+        ("autoencoder", f"{ae['steps']} steps, {ae['images_seen']} crops, {ae['seconds']} s; held-out PSNR {ae['held_out_reconstruction']['psnr']:.2f} dB, SSIM {ae['held_out_reconstruction']['ssim']:.3f}"),
         ("generator", f"{gen['model']['parameters']:,} parameters, {gen['images_seen']} images seen in {gen['seconds']} s ({gen['images_per_s']} img/s)"),
         ("loss (first / last 10 % of steps)", f"{gen['loss_first_10pct']:.4f} / {gen['loss_last_10pct']:.4f}"),
         ("sampler", json.dumps(gen["sampler"])),
