@@ -8,8 +8,6 @@ import torch
 
 from mupd.settings import sample_data_dir
 
-torch.set_num_threads(1)  # tiny models: thread overhead dominates; 2-process tests share the 2 cores
-
 
 @pytest.fixture(scope="session")
 def sample_data():
@@ -20,5 +18,12 @@ def sample_data():
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_one_thread():
+    """Seed 0 and one torch thread per test: the models here are tiny, so intra-op threads only add
+    OpenMP spin-waiting (several times slower on a shared 2-core machine); restored afterwards
+    because some code under test (the demo) picks its own thread count."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

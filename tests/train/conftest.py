@@ -59,15 +59,3 @@ def subprocess_env() -> dict:
 
 
 PYTHON = sys.executable
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP
-    spin-waiting makes each small op slower; the subprocess runs use one thread too."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
