@@ -321,6 +321,8 @@ class Trainer:
             now = self.progress.images_seen
             elapsed = time.perf_counter() - start
             ips = (now - start_images) / max(elapsed, 1e-9)
+            if max_seconds is not None:  # time-boxed: the bar's end is what the deadline allows
+                bar.total = min(cfg.total_images, int(now + ips * max(max_seconds - elapsed, 0.0)))
             bar.update(now - before)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{ips:.1f}")
             if max_seconds is not None:
