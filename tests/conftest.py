@@ -8,6 +8,10 @@ import torch
 
 from mupd.settings import sample_data_dir
 
+# The models here are tiny, so intra-op threads only add OpenMP spin-waiting (several times slower on
+# a shared 2-core machine); one thread also makes fixtures of any scope bit-reproducible.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def sample_data():
@@ -19,11 +23,7 @@ def sample_data():
 
 @pytest.fixture(autouse=True)
 def _seed_and_one_thread():
-    """Seed 0 and one torch thread per test: the models here are tiny, so intra-op threads only add
-    OpenMP spin-waiting (several times slower on a shared 2-core machine); restored afterwards
-    because some code under test (the demo) picks its own thread count."""
+    """Seed 0 per test; back to one thread after a test whose code picked its own (the demo)."""
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)
