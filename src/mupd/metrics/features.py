@@ -90,7 +90,12 @@ def find_inception_weights() -> Path | None:
 def _build_fidelity_inception(state_dict: dict | None, seed: int = 0) -> torch.nn.Module:
     """torch-fidelity's FeatureExtractorInceptionV3 without its download: we hand it the state dict
     (or, for ``None``, keep a fixed-seed random initialisation)."""
-    from torch_fidelity import feature_extractor_inceptionv3 as tfi
+    try:
+        from torch_fidelity import feature_extractor_inceptionv3 as tfi
+    except ImportError:
+        from ..errors import missing_extra
+
+        raise missing_extra("torch-fidelity", "fidelity", "the Inception-v3 feature extractor") from None
 
     class _Inception(tfi.FeatureExtractorInceptionV3):
         def load_state_dict(self, state, strict=True, assign=False):  # called from __init__
