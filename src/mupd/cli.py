@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mupd: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("mupd: interrupted; progress so far is kept (re-run the same command to resume)", file=sys.stderr)
+        print("mupd: interrupted. train, align train, vae train, data tile/encode, generate --batch and augment "
+              "keep their progress and resume when the same command is re-run", file=sys.stderr)
         return 130
 
 
