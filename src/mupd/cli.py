@@ -46,12 +46,13 @@ def _info(args: argparse.Namespace) -> int:
     print(f"sample data: {sample_data_dir() or 'not found (set MUPD_SAMPLE_DATA)'}")
     print("optional packages:")
     for module, extra in OPTIONAL_PACKAGES.items():
-        state = "yes" if importlib.util.find_spec(module) is not None else f"no  (pip install 'mupd[{extra}]')" if not extra.startswith("(") else f"no  {extra}"
+        if importlib.util.find_spec(module) is not None:
+            state = "yes"
+        else:
+            state = f"no  {extra}" if extra.startswith("(") else f"no  (pip install 'mupd[{extra}]')"
         print(f"  {module:<15} {state}")
-    try:
-        from .encoders import registry as enc
-    except ImportError:
-        return 0
+    from .encoders import registry as enc
+
     print("registered encoders (licence, commercial use):")
     for entry in enc.all_entries():
         flag = "commercial ok" if entry.commercial else "NON-COMMERCIAL"
@@ -66,13 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="version, torch/CUDA, optional adapters and their licences")
     info.set_defaults(func=_info)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a concept folder not built yet
-            if exc.name is None or not name.startswith(exc.name):
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
