@@ -107,8 +107,9 @@ def test_task_mismatch_and_bad_sizes(gen, stainer, ihc, sample_data):
     with pytest.raises(MupdError, match="no reference-image stream"):
         stainer.vary(ihc.crop((0, 0, 32, 32)))
     pcam = sorted((sample_data / "pcam/valid/0").iterdir())[0]  # 96x96: not the model's tile
-    with pytest.raises(MupdError, match="96x96 px but this model works on 32x32"):
-        gen.vary(pcam, strength=0.5)
+    out = gen.vary(pcam, strength=0.5, steps=2, seed=0)  # resized to the model's 32 px, said and recorded
+    assert out[0].size == (32, 32) and out.notes[0].endswith("is 96x96 px; resized to the model's 32x32 px")
+    assert out.parameters[0]["mupd:conditions"]["image"]["resized_from"] == [96, 96]
     with pytest.raises(MupdError, match="stain method"):
         stainer.stain(ihc, method="sdedit")
 

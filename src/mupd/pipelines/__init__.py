@@ -2,27 +2,34 @@
 
     from mupd.pipelines import Pipeline
     pipe = Pipeline.from_pretrained("mupd-demo/checkpoint")
-    images = pipe(text="lymph node, metastatic tumour", n=4, steps=20, seed=0)
+    images = pipe(label="1", n=4, steps=30, guidance=2.0, seed=0)
+    images.save("out/")
 
+One pipeline per task as in diffusers (``GeneratePipeline``, ``VaryPipeline``, ``StainPipeline``,
+``TranslatePipeline``), all on ``base.PipelineBase``; ``Pipeline`` offers every task on one object.
 Loaded lazily, so ``mupd --help`` does not import the pipeline machinery.
 """
 
 from __future__ import annotations
 
-__all__ = ["Pipeline", "PipelineOutput", "read_params", "save_png"]
+import importlib
+
+_EXPORTS = {
+    "Pipeline": "pipeline",
+    "PipelineBase": "base",
+    "GeneratePipeline": "generate",
+    "VaryPipeline": "vary",
+    "StainPipeline": "stain",
+    "TranslatePipeline": "translate",
+    "PipelineOutput": "output",
+    "read_params": "pngmeta",
+    "save_png": "pngmeta",
+}
+
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name):
-    if name == "Pipeline":
-        from .base import Pipeline
-
-        return Pipeline
-    if name == "PipelineOutput":
-        from .output import PipelineOutput
-
-        return PipelineOutput
-    if name in ("read_params", "save_png"):
-        from . import pngmeta
-
-        return getattr(pngmeta, name)
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

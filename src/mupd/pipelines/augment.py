@@ -28,7 +28,7 @@ CLASS_SEED_STRIDE = 100_003  # seeds of different classes never collide for per_
 
 
 def augment(pipe, data: str | os.PathLike, out: str | os.PathLike, *, per_class: int, steps: int = 20,
-            sampler: str = "heun", guidance: float | dict | None = None, seed: int = 0,
+            sampler: str = "heun", guidance: float | dict | None = None, scales: dict | None = None, seed: int = 0,
             strength: float | None = None, use_reference: bool = True, batch_size: int = 8,
             limit_real: int | None = None, progress: bool = True) -> Path:
     """Generate ``per_class`` images for every class folder of ``data`` into ``out``; returns the manifest path."""
@@ -60,8 +60,8 @@ def augment(pipe, data: str | os.PathLike, out: str | os.PathLike, *, per_class:
         for start in range(0, len(todo), batch_size):
             ks = todo[start : start + batch_size]
             rows = _generate_chunk(pipe, out, class_name, caption, real, ks, c_index * CLASS_SEED_STRIDE + seed,
-                                   steps=steps, sampler=sampler, guidance=guidance, strength=strength,
-                                   use_ref=use_ref)
+                                   steps=steps, sampler=sampler, guidance=guidance, scales=scales,
+                                   strength=strength, use_ref=use_ref)
             append_manifest(manifest, rows)  # after every chunk: an interrupted run resumes here
             bar.update(len(ks))
     bar.close()
@@ -69,7 +69,7 @@ def augment(pipe, data: str | os.PathLike, out: str | os.PathLike, *, per_class:
 
 
 def _generate_chunk(pipe, out: Path, class_name: str, caption, real: list, ks: list[int], class_seed: int, *,
-                    steps, sampler, guidance, strength, use_ref) -> list[dict]:
+                    steps, sampler, guidance, scales, strength, use_ref) -> list[dict]:
     refs = [_fit(pipe, real[k % len(real)].image) for k in ks]
     ref_names = [str(real[k % len(real)].image) for k in ks]
     label = real[0].label
@@ -80,15 +80,15 @@ def _generate_chunk(pipe, out: Path, class_name: str, caption, real: list, ks: l
     if strength is not None:
         for k, ref in zip(ks, refs):
             outputs.append(pipe.vary(ref, strength=strength, n=1, use_reference=use_ref, text=caption, steps=steps,
-                                     sampler=sampler, guidance=text_guidance, seed=class_seed + k))
+                                     sampler=sampler, guidance=text_guidance, scales=scales, seed=class_seed + k))
     elif ks == list(range(ks[0], ks[0] + len(ks))):  # consecutive: one batched call, image i gets seed + i
         batch = pipe.generate(text=caption, image=refs if use_ref else None, n=len(ks), steps=steps, sampler=sampler,
-                              guidance=text_guidance, seed=class_seed + ks[0], batch_size=len(ks))
+                              guidance=text_guidance, scales=scales, seed=class_seed + ks[0], batch_size=len(ks))
         outputs = [_single(batch, i) for i in range(len(ks))]
     else:
         for k, ref in zip(ks, refs):
             outputs.append(pipe.generate(text=caption, image=ref if use_ref else None, n=1, steps=steps,
-                                         sampler=sampler, guidance=text_guidance, seed=class_seed + k))
+                                         sampler=sampler, guidance=text_guidance, scales=scales, seed=class_seed + k))
     rows = []
     for k, ref_name, result in zip(ks, ref_names, outputs):
         rel = f"{class_name}/syn-{k:05d}.png"
@@ -106,16 +106,10 @@ def _single(output, i: int):
 
 
 def _fit(pipe, image) -> Image.Image:
-    """A real image as the model's tile: centre-crop to square, resize to the model's image size."""
-    from .inputs import load_image
+    """A real image as the model's tile (the pipelines' size rule, ``inputs.fit_to_tile``)."""
+    from .inputs import fit_to_tile, load_image
 
-    im = load_image(image, what="real image")
-    side = min(im.size)
-    left, top = (im.size[0] - side) // 2, (im.size[1] - side) // 2
-    im = im.crop((left, top, left + side, top + side))
-    if side != pipe.image_size:
-        im = im.resize((pipe.image_size, pipe.image_size), Image.Resampling.BICUBIC)
-    return im
+    return fit_to_tile(load_image(image, what="real image"), pipe.image_size)[0]
 
 
 def _done_ids(manifest: Path) -> set[str]:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import MupdError, require
@@ -44,8 +43,8 @@ def load_image(obj: Any, *, what: str = "image", size: int | tuple[int, int] | N
             raise MupdError(f"{what} {path} is not a readable image ({exc}); the file is corrupt or not an image") from None
     elif isinstance(obj, Image.Image):
         image = obj
-    elif isinstance(obj, (np.ndarray, torch.Tensor)):
-        arr = obj.detach().cpu().numpy() if isinstance(obj, torch.Tensor) else obj
+    elif isinstance(obj, np.ndarray) or hasattr(obj, "detach"):  # numpy array or torch tensor
+        arr = obj.detach().cpu().numpy() if hasattr(obj, "detach") else obj
         if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[-1] != 3:
             arr = arr.transpose(1, 2, 0)
         require(arr.ndim == 3 and arr.shape[-1] == 3,
@@ -71,16 +70,37 @@ def load_image(obj: Any, *, what: str = "image", size: int | tuple[int, int] | N
     return image
 
 
-def image_to_tensor(images: Iterable[Image.Image]) -> torch.Tensor:
+def fit_to_tile(image: Image.Image, side: int, *, what: str = "image") -> tuple[Image.Image, str, list | None]:
+    """The pipelines' size rule for an image that must fill one model tile (vary's SDEdit, augment):
+    centre-crop to a square, then resize (bicubic) to the model's ``side``.
+
+    Returns (image, one-line notice or "", original [width, height] or None when untouched)."""
+    if image.size == (side, side):
+        return image, "", None
+    w, h = image.size
+    short = min(w, h)
+    left, top = (w - short) // 2, (h - short) // 2
+    fitted = image.crop((left, top, left + short, top + short))
+    if short != side:
+        fitted = fitted.resize((side, side), Image.Resampling.BICUBIC)
+    crop = "" if w == h else f"centre-cropped to {short}x{short} and "
+    return fitted, f"{what} is {w}x{h} px; {crop}resized to the model's {side}x{side} px", [w, h]
+
+
+def image_to_tensor(images: Iterable[Image.Image]):
     """PIL RGB images (same size) -> float tensor (B, 3, H, W) in [-1, 1]."""
+    import torch
+
     arrays = [np.asarray(im, dtype=np.float32) for im in images]
     require(len({a.shape for a in arrays}) == 1, f"images differ in size: {sorted({a.shape for a in arrays})}")
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
     return x / 127.5 - 1.0
 
 
-def image_to_uint8(images: Iterable[Image.Image]) -> torch.Tensor:
+def image_to_uint8(images: Iterable[Image.Image]):
     """PIL RGB images -> uint8 tensor (B, 3, H, W) (the image encoders' batch format)."""
+    import torch
+
     return torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in images])).permute(0, 3, 1, 2).contiguous()
 
 

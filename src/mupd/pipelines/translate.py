@@ -18,14 +18,15 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import require
-from .sdedit import check_strength
-from .stain import translate_region
+from .base import PipelineBase
+from .output import PipelineOutput
+from .regions import translate_region
 
 
 def translate(pipe, image: Any, *, method: str | None = None, strength: float = 0.5, steps: int = 20,
               sampler: str = "heun", seed: int | None = 0, tile: int | None = None, overlap: int | None = None,
               batch_size: int = 16, text: str | None = None, guidance: float | dict | None = None,
-              reference: bool = True, output_type: str = "pil", progress: bool = False):
+              scales: dict | None = None, reference: bool = True, output_type: str = "pil", progress: bool = False):
     """Translate ``image``; ``method`` defaults to ``"sample"`` for paired fine-tunes, ``"sdedit"`` otherwise."""
     paired = pipe.source_channels > 0
     method = method or ("sample" if paired else "sdedit")
@@ -36,9 +37,15 @@ def translate(pipe, image: Any, *, method: str | None = None, strength: float = 
         require(method == "sdedit",
                 f"{pipe.path} has no source-image input channels, so only the unpaired recipe (method='sdedit') "
                 "applies; train a paired fine-tune (configs/translate-*.yaml) for 'sample'/'readout'")
-        strength = check_strength(strength)
     return translate_region(pipe, image, mode=method, steps=steps, sampler=sampler, seed=seed, tile=tile,
-                            overlap=overlap, batch_size=batch_size, text=text, guidance=guidance,
+                            overlap=overlap, batch_size=batch_size, text=text, guidance=guidance, scales=scales,
                             output_type=output_type, progress=progress, task="translate",
                             strength=strength if method == "sdedit" else None,
                             reference=bool(reference and not paired))
+
+
+class TranslatePipeline(PipelineBase):
+    """A source-domain region -> the target domain (paired fine-tune or unpaired SDEdit): ``pipe(image)``."""
+
+    def __call__(self, image, **kwargs) -> PipelineOutput:
+        return translate(self, image, **kwargs)
