@@ -7,14 +7,27 @@ Layout (diffusers' ``model_index.json`` idea)::
     DIR/model/             MuPD.save_pretrained: config.json, model.safetensors, ema.safetensors
     DIR/vae/               LatentAutoencoder.save_pretrained (the target domain's autoencoder)
     DIR/source_vae/        optional: the source domain's autoencoder (stain / translate fine-tunes)
-    DIR/encoders/<m>/      optional: weights of a condition encoder that needs them
+    DIR/encoders/<m>/      weights of every condition encoder the folder must carry (see below)
     DIR/gene_vocabulary.json, DIR/pathways.json   optional: the RNA vocabulary and gene sets
+
+Condition encoders travel with the model, so inference sees the tokens training saw:
+
+* an encoder with learned or randomly initialised weights (the RNA token encoders, which start
+  from ``torch.randn``) is saved in ``encoders/<m>/`` (its own ``save_pretrained`` folder, or its
+  state dict as ``model.safetensors`` rebuilt by registry name + kwargs);
+* a frozen *pretrained* encoder (one loaded from a weights path) is referenced, not copied (its
+  licence may forbid redistribution): registry name + kwargs + the path;
+* every entry records ``weights_sha256`` of the encoder's state dict; loading an encoder whose
+  weights differ (other files at the referenced path) is a ``MupdError``, not a silent change;
+* every entry records the registry's licence facts for the encoder.
 
 The folder is written atomically; loading never unpickles.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -24,13 +37,101 @@ from typing import Any
 import torch
 
 from . import __version__
-from .checkpoint import atomic_folder, read_json, write_json
+from .checkpoint import atomic_folder, load_into, read_json, save_tensors, write_json
 from .errors import MupdError
 
 FORMAT = "mupd-pipeline"
 
-# modality -> (registry name, kwargs, weights folder or None)
-EncoderSpec = tuple[str, dict, "str | os.PathLike | None"]
+# modality -> (registry name, kwargs, weights folder or None[, the built encoder module])
+# With the module, its weights are saved or checksummed (see the module docstring); without it
+# (specs only) a weights folder is copied and a weight-free encoder is rebuilt from name + kwargs.
+EncoderSpec = tuple[str, dict, "str | os.PathLike | None"] | tuple[str, dict, "str | os.PathLike | None", torch.nn.Module]
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """SHA-256 over a module's state dict (names, dtypes, shapes, bytes), independent of device."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def licence_facts(modality: str, name: str) -> dict:
+    """The registry's licence facts for an encoder (what a user agrees to by loading the folder)."""
+    from .encoders import registry
+
+    facts = getattr(registry, "licence_facts", None)  # a richer registry function, when present
+    if callable(facts):
+        try:
+            return dict(facts(modality, name))
+        except TypeError:
+            pass
+    try:
+        entry = registry.entry(modality, name)
+    except MupdError:
+        return {"licence": "unknown (not in this mupd's registry)", "commercial": False}
+    out = {"licence": entry.licence, "commercial": bool(entry.commercial), "source": entry.source}
+    out.update({k: v for k, v in entry.meta.items() if k in ("note", "gated")})
+    return out
+
+
+def _jsonable(kwargs: dict) -> dict:
+    out = {}
+    for key, value in kwargs.items():
+        try:
+            json.dumps(value)
+            out[key] = value
+        except TypeError:
+            out[key] = repr(value)[:200]
+    return out
+
+
+def _save_encoder(tmp: Path, modality: str, spec: tuple) -> dict:
+    name, kwargs, weights = spec[:3]
+    module = spec[3] if len(spec) > 3 else None
+    rel = f"encoders/{modality}"
+    entry = {"name": name, "kwargs": _jsonable(dict(kwargs)), "path": None, "licence": licence_facts(modality, name)}
+    if module is None:  # specs only: copy a weights folder, else rebuild from name + kwargs
+        if weights is not None:
+            shutil.copytree(weights, tmp / rel)
+            entry["path"] = rel
+        return entry
+    entry["weights_sha256"] = weights_sha256(module)
+    if weights is not None:  # frozen pretrained weights: a reference, checked by checksum at load
+        text = os.fspath(weights)
+        entry["reference"] = text if text.startswith("hf-hub:") else str(Path(text).resolve())
+    elif hasattr(module, "save_pretrained"):
+        module.save_pretrained(tmp / rel)
+        entry["path"] = rel
+    elif module.state_dict():
+        (tmp / rel).mkdir(parents=True, exist_ok=True)
+        save_tensors(tmp / rel / "model.safetensors", module.state_dict())
+        entry["state"] = f"{rel}/model.safetensors"
+    return entry
+
+
+def _load_encoder(folder: Path, modality: str, spec: dict):
+    from .encoders import registry
+
+    kwargs = dict(spec.get("kwargs", {}))
+    if spec.get("path"):
+        kwargs["path"] = folder / spec["path"]
+    elif spec.get("reference"):
+        kwargs["path"] = spec["reference"]
+    encoder = registry.build(modality, spec["name"], **kwargs)
+    if spec.get("state"):
+        load_into(encoder, folder / spec["state"])
+    expected = spec.get("weights_sha256")
+    if expected and weights_sha256(encoder) != expected:
+        where = spec.get("reference") or spec.get("path") or "name + kwargs"
+        raise MupdError(
+            f"{folder / 'model_index.json'}: the {modality} encoder '{spec['name']}' built from {where} has other weights "
+            f"than the model was trained with (sha256 {weights_sha256(encoder)[:12]} != {expected[:12]}); "
+            f"point encoders.{modality}.reference at the original weights"
+        )
+    return encoder
 
 
 @dataclass
@@ -71,13 +172,7 @@ def save_bundle(
         vae.save_pretrained(tmp / "vae")
         if source_vae is not None:
             source_vae.save_pretrained(tmp / "source_vae")
-        index_encoders = {}
-        for modality, (name, kwargs, weights) in encoders.items():
-            rel = None
-            if weights is not None:
-                rel = f"encoders/{modality}"
-                shutil.copytree(weights, tmp / rel)
-            index_encoders[modality] = {"name": name, "kwargs": dict(kwargs), "path": rel}
+        index_encoders = {modality: _save_encoder(tmp, modality, spec) for modality, spec in encoders.items()}
         if vocabulary is not None:
             vocabulary.save(tmp / "gene_vocabulary.json")
         if pathways is not None:
@@ -96,7 +191,6 @@ def save_bundle(
 
 def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu", use_ema: bool = True) -> Bundle:
     """Load a pipeline folder written by :func:`save_bundle` (or by ``mupd train`` / ``mupd demo``)."""
-    from .encoders import registry
     from .encoders.vae import LatentAutoencoder
     from .models.mupd import MuPD
 
@@ -109,12 +203,7 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu", use
     model = MuPD.from_pretrained(path / "model", use_ema=use_ema, device=device).eval()
     vae = LatentAutoencoder.from_pretrained(path / "vae", device=device)
     source_vae = LatentAutoencoder.from_pretrained(path / "source_vae", device=device) if index.get("source_vae") else None
-    encoders = {}
-    for modality, spec in index.get("encoders", {}).items():
-        kwargs = dict(spec.get("kwargs", {}))
-        if spec.get("path"):
-            kwargs["path"] = path / spec["path"]
-        encoders[modality] = registry.build(modality, spec["name"], **kwargs)
+    encoders = {modality: _load_encoder(path, modality, spec) for modality, spec in index.get("encoders", {}).items()}
     vocabulary = pathways = None
     if (path / "gene_vocabulary.json").exists():
         from .data.expression import GeneVocabulary

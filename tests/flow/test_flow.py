@@ -247,3 +247,23 @@ def test_readout_is_minus_velocity_at_t1():
     with torch.no_grad():
         expected = -model(torch.cat([torch.zeros(2, 4, 8, 8), src], 1), torch.ones(2))
     assert torch.equal(readout(model, None, src, (2, 4, 8, 8)), expected)
+
+
+def test_guidance_is_combined_in_fp32_under_bf16_autocast():
+    """The branches come out of a bf16 forward; ``v(base) + s (v(c) - v(base))`` is formed in fp32
+    (in bf16 the amplified difference and the sum are rounded to 8 bits)."""
+    model = perturb_zero_init_(MuPD.from_preset("tiny", modalities=("text", "rna"), cond_dims={"text": 16, "rna": 8}), std=0.2).eval()
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(3, 4, 8, 8, generator=g) * 4, torch.rand(3, generator=g)
+    conditions = {"text": torch.randn(3, 5, 16, generator=g), "rna": torch.randn(3, 2, 8, generator=g)}
+    captured = []
+    model.register_forward_hook(lambda module, args, out: captured.append(out))
+    for guidance, weights in ((4.0, [4.0]), ({"text": 3.0, "rna": 5.0}, [3.0, 5.0])):
+        captured.clear()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            v = guided_velocity(model, x, t, conditions, guidance)
+        raw = captured[0]
+        assert raw.dtype == torch.bfloat16 and v.dtype == torch.float32
+        parts = raw.double().chunk(len(weights) + 1)
+        expected = parts[0] + sum(w * (p - parts[0]) for w, p in zip(weights, parts[1:]))
+        torch.testing.assert_close(v.double(), expected, rtol=1e-6, atol=1e-6)

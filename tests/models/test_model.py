@@ -7,6 +7,7 @@ import torch
 
 from mupd import MuPD, MupdError
 from mupd.models import MuPDConfig, preset_names
+from mupd.models.attention import modulate
 from mupd.models.testing import perturb_zero_init_
 
 
@@ -96,13 +97,52 @@ def test_parameter_counts_on_meta(name):
         assert 1.40e9 < dca.num_parameters() < 1.50e9  # mupd-notes §2.2: released trunk 1.41 B
 
 
-def test_fresh_model_ignores_conditions():
-    """Zero-initialised gates: adding any condition leaves a fresh model's output bit-identical."""
-    model = tiny()
+@torch.no_grad()
+def _set_gates(model, std: float) -> MuPD:
+    """The cross-attention gates (last third of each stream's adaLN rows: shift, scale, gate) set to
+    zero (``std=0``) or random; every other weight is left as it is."""
+    D = model.config.hidden_size
+    gen = torch.Generator().manual_seed(1)
+    for name, module in model.named_modules():
+        if name.endswith(("cross.streams.image", "cross.streams.text", "cross.streams.rna", "cross.stream")):
+            for param in (module.adaLN_modulation[-1].weight, module.adaLN_modulation[-1].bias):
+                param[2 * D:] = torch.randn(param[2 * D:].shape, generator=gen) * std
+    return model
+
+
+def _closed_gate_model(attention: str = "decoupled") -> MuPD:
+    """Every weight non-zero (final layer included, so the output is not trivially zero) except the
+    cross-attention gates, which are zero as in a fresh model."""
+    return _set_gates(perturb_zero_init_(tiny(attention=attention), std=0.2), 0.0).eval()
+
+
+def _gates_hold(model) -> bool:
+    """Closed gates: any conditions leave the output bit-identical (and it is a real output)."""
     x, t = inputs()
-    base = model(x, t)
-    assert torch.equal(model(x, t, conds()), base)
-    assert torch.equal(model(x, t, {"text": conds()["text"]}), base)
+    with torch.no_grad():
+        base = model(x, t)
+        assert base.abs().mean() > 0.05
+        return torch.equal(model(x, t, conds()), base) and torch.equal(model(x, t, {"text": conds()["text"]}), base)
+
+
+@pytest.mark.parametrize("attention", ["decoupled", "shared"])
+def test_closed_gates_ignore_conditions_and_open_gates_do_not(attention, monkeypatch):
+    model = _closed_gate_model(attention)
+    assert _gates_hold(model)
+    x, t = inputs()
+    with torch.no_grad():
+        base = model(x, t)
+        _set_gates(model, 0.2)  # open the gates: now conditions matter
+        assert not torch.allclose(model(x, t, conds()), base)
+    # the check above can fail: a stream that skips its gate is caught
+    from mupd.models.attention import CrossStream
+
+    def ungated(self, normed, c, cond):
+        shift, scale, _gate = self.adaLN_modulation(c).chunk(3, dim=1)
+        return self.attn(modulate(normed, shift, scale), cond)
+
+    monkeypatch.setattr(CrossStream, "forward", ungated)
+    assert not _gates_hold(_closed_gate_model(attention))
 
 
 def test_absent_modality_is_exactly_skipped():

@@ -8,7 +8,9 @@
 
 These have learned parameters (they start random, which is a usable fixed feature map, and can be
 trained with the generator); ``save_pretrained(dir)`` writes config.json + model.safetensors and
-``registry.build("rna", name, path=dir)`` reads them back.
+``registry.build("rna", name, path=dir)`` reads them back. Because the weights are random, a model
+trained with one of these is only meaningful with *that* encoder: the pipeline folder stores it
+(``mupd.bundle``), never the name alone.
 """
 
 from __future__ import annotations
@@ -77,6 +79,11 @@ class RnaEncoder(ConditionEncoder):
             self.tokens = ScaledEmbeddingTokens(len(self.genes), width)
         else:
             self.mlp = nn.Sequential(nn.Linear(len(self.genes), hidden), nn.SiLU(), nn.Linear(hidden, width))
+
+    @property
+    def num_genes(self) -> int:
+        """Input width: expression values in the vocabulary's gene order."""
+        return len(self.genes)
 
     @property
     def num_tokens(self) -> int:
@@ -154,10 +161,10 @@ def _factory(mode: str):
     return build
 
 
-register("rna", "pathway-tokens", licence="Apache-2.0 (mupd)", note="gene sets carry their own licence (SurvPath: GPL-3.0)",
-         commercial=True, source="built in: one learned token per pathway scaled by its score", width="configurable (default 64)")(
+register("rna", "pathway-tokens", licence="Apache-2.0 (mupd code)",
+         base="built-in SurvPath gene sets: GPL-3.0 (your GMT file: its own)", commercial="check", source="built in: one learned token per pathway scaled by its score", width="configurable (default 64)")(
     _factory("pathway"))
-register("rna", "gene-tokens", licence="Apache-2.0 (mupd)", commercial=True,
+register("rna", "gene-tokens", licence="Apache-2.0 (mupd code)", base="none (trained weights follow their data)", commercial="yes",
          source="built in: one learned token per gene scaled by its z-score", width="configurable (default 64)")(_factory("gene"))
-register("rna", "expression-mlp", licence="Apache-2.0 (mupd)", commercial=True,
+register("rna", "expression-mlp", licence="Apache-2.0 (mupd code)", base="none (trained weights follow their data)", commercial="yes",
          source="built in: MLP over all genes -> one token", width="configurable (default 64)")(_factory("mlp"))

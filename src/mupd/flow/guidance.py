@@ -4,7 +4,8 @@ Joint: ``v = v(none) + s (v(all) - v(none))``. Per modality (``guidance={m: s_m}
 ``v = v(base) + sum_m s_m (v(base + m) - v(base))``, where *base* is the present modalities that
 have no guidance scale (they stay on in every branch; with all modalities guided, base = nothing).
 Branches are stacked along the batch and told apart by per-sample masks: an all-False mask row is
-exactly an absent stream, so the batched result equals separate forwards.
+exactly an absent stream, so the batched result equals separate forwards. The branches are
+combined in fp32 (the forward may run under bf16 autocast), so the guided velocity is fp32.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ class GuidancePlan:
     def _combine(self, out: torch.Tensor) -> torch.Tensor:
         if self.num_branches == 1:
             return out
-        parts = out.chunk(self.num_branches, dim=0)
+        # in fp32 even under bf16 autocast: v(c) - v(base) is small and the scale amplifies its rounding
+        parts = out.float().chunk(self.num_branches, dim=0)
         result = parts[0]
         for w, part in zip(self.weights, parts[1:]):
             result = result + w * (part - parts[0])

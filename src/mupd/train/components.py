@@ -29,16 +29,40 @@ def load_vae(path, device):
     return LatentAutoencoder.from_pretrained(path).to(device).eval()
 
 
-def build_encoders(cfg, device) -> dict:
+def build_encoders(cfg, device, vocabulary=None) -> dict:
+    """The frozen condition encoders. An RNA encoder built fresh takes its genes from the training
+    data's gene vocabulary; random initial weights come from a generator seeded by ``cfg.seed``
+    (forked, so the model's own initialisation is unchanged) and are saved with every checkpoint."""
+    import torch
+
     from ..encoders import registry
+    from ..errors import MupdError
 
     out = {}
     for modality, spec in cfg.conditions.items():
         kwargs = dict(spec.kwargs)
         if spec.path:
             kwargs["path"] = spec.path
-        out[modality] = registry.build(modality, spec.name, **kwargs).to(device).eval().requires_grad_(False)
+        elif modality == "rna" and "genes" not in kwargs:
+            if vocabulary is None:
+                raise MupdError("conditions.rna needs the gene order: train on shards encoded with "
+                                "'mupd data encode --vocabulary FILE' (they keep gene_vocabulary.json), or set conditions.rna.kwargs.genes")
+            kwargs["genes"] = list(vocabulary.genes)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(cfg.seed) + 7_331)
+            encoder = registry.build(modality, spec.name, **kwargs)
+        out[modality] = encoder.to(device).eval().requires_grad_(False)
     return out
+
+
+def load_encoder_weights(encoders: dict, folder: Path) -> None:
+    """On resume: the encoders' saved weights (a checkpoint's ``encoders/<m>/model.safetensors``)."""
+    from ..checkpoint import load_into
+
+    for modality, encoder in encoders.items():
+        file = folder / "encoders" / modality / "model.safetensors"
+        if file.exists():
+            load_into(encoder, file)
 
 
 def build_align_encoder(cfg, device):
@@ -63,7 +87,9 @@ def save_pipeline(folder: Path, trainer, state: dict | None) -> None:
 
         model = MuPD(trainer.model.config)
         model.load_state_dict(state)
-    encoders = {m: (spec.name, dict(spec.kwargs), spec.path) for m, spec in cfg.conditions.items()}
+    # the built encoders travel with the model: random/learned weights saved, pretrained ones checksummed
+    encoders = {m: (spec.name, dict(spec.kwargs), spec.path, trainer.encoders[m]) for m, spec in cfg.conditions.items()}
+    vocabulary = trainer.data.vocabulary if "rna" in encoders else None
     labels = {}
     if cfg.data.captions:
         labels = {str(k): v for k, v in cfg.data.captions.items()}
@@ -74,4 +100,5 @@ def save_pipeline(folder: Path, trainer, state: dict | None) -> None:
         model.save_pretrained(folder / "model", ema=trainer.ema.module)
         (folder / "model_index.json").write_text(json.dumps({"format": "mupd-partial", "note": "no vae.path was given", **extra}, indent=2))
         return
-    save_bundle(folder, model=model, ema=trainer.ema.module, vae=trainer.vae, source_vae=trainer.source_vae, encoders=encoders, extra=extra)
+    save_bundle(folder, model=model, ema=trainer.ema.module, vae=trainer.vae, source_vae=trainer.source_vae, encoders=encoders,
+                vocabulary=vocabulary, extra=extra)

@@ -23,6 +23,9 @@ Schema (YAML; every key optional, defaults shown by ``mupd train --preset tiny -
       captions: {"0": "lymph node, normal tissue", "1": "lymph node, metastatic tumour"}
     conditions:                # modality -> frozen condition encoder from mupd.encoders.registry
       text: {name: hashed-words, kwargs: {width: 64}, path: null, field: caption}
+      # rna: {name: pathway-tokens, kwargs: {width: 64, pathways: genesets/combine_signatures.csv}}
+      #   reads the shards' rna_values (field default for rna); the genes come from the shards'
+      #   gene_vocabulary.json; the encoder's weights and the vocabulary are saved with the model
     vae: {path: /models/sd-vae-ft-ema, source_path: null}
                                # LatentAutoencoder folder or hub id (needed for folder data,
                                # previews and the pipeline folder); source_path: the source
@@ -262,6 +265,9 @@ class TrainConfig:
         check(self.data.source in ("folder", "shards"), f"data.source must be folder or shards, got {self.data.source!r}")
         check(self.finetune.format in ("mupd", "dit"), f"finetune.format must be mupd or dit, got {self.finetune.format!r}")
         check(self.total_images > 0, "total_images must be positive (it counts images, not steps)")
+        rna = self.conditions.get("rna")
+        if rna is not None and rna.field == "caption":  # the field default is text's; RNA comes from shards
+            rna.field = "rna_values"
         check(0.0 <= self.dropout.p_each <= 1.0 and 0.0 <= self.dropout.p_all <= 1.0, "dropout probabilities must lie in [0, 1]")
         return self
 

@@ -30,6 +30,7 @@ class TrainData:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # source_latent, rna, pixels ...
     ids: list[str] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
+    vocabulary: object = None  # the GeneVocabulary behind an "rna_values" tensor (saved with the model)
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -130,4 +131,9 @@ def from_shards(cfg) -> TrainData:
         keep = slice(0, cfg.data.limit)
         latents, labels, captions, ids = latents[keep], labels[keep], captions[keep], ids[keep]
         items = {k: v[keep] for k, v in items.items()}
-    return TrainData(latents, labels, captions, items, list(ids))
+    vocabulary = None
+    if (Path(cfg.data.path) / "gene_vocabulary.json").exists():  # written by 'mupd data encode --vocabulary'
+        from ..data.expression import GeneVocabulary
+
+        vocabulary = GeneVocabulary.load(Path(cfg.data.path) / "gene_vocabulary.json")
+    return TrainData(latents, labels, captions, items, list(ids), vocabulary=vocabulary)

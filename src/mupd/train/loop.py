@@ -44,11 +44,11 @@ class Trainer:
         self.autocast_dtype = _autocast_dtype(cfg.precision, self.device)
         self.vae = vae if vae is not None else C.load_vae(cfg.vae.path, self.device)
         self.source_vae = C.load_vae(cfg.vae.source_path, self.device)
-        self.encoders = C.build_encoders(cfg, self.device)
         self.align_encoder = C.build_align_encoder(cfg, self.device)
         if data is None:
             data = self._load_data()
         self.data = data
+        self.encoders = C.build_encoders(cfg, self.device, vocabulary=getattr(data, "vocabulary", None))
         if self.align_encoder is not None and "align_patches" not in data.tensors:
             if "pixels" not in data.tensors:
                 raise MupdError("align.encoder needs the training images (data.source=folder) or shards with align_patches/align_cls")
@@ -154,6 +154,7 @@ class Trainer:
         C.warn_config_changes(folder / "train_state" / "config.yaml", self.cfg, self.dist.is_main)
 
         load_into(self.model, folder / "model" / "model.safetensors")
+        C.load_encoder_weights(self.encoders, folder)
         if (folder / "model" / "ema.safetensors").exists():
             load_into(self.ema.module, folder / "model" / "ema.safetensors")
         extra = {"projector": self.projector} if self.projector is not None else None
