@@ -267,3 +267,29 @@ def test_guidance_is_combined_in_fp32_under_bf16_autocast():
         parts = raw.double().chunk(len(weights) + 1)
         expected = parts[0] + sum(w * (p - parts[0]) for w, p in zip(weights, parts[1:]))
         torch.testing.assert_close(v.double(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_cls_model_sample_repeats_alone():
+    """Image i of a batch, sampled alone from the same latent noise, is the same image: the CLS
+    noise of a REG/CLS model belongs to the sample, not to the batch's generator."""
+    model = perturb_zero_init_(MuPD.from_preset("tiny", modalities=(), cls_dim=5), std=0.2).eval()
+    z = torch.randn(3, 4, 8, 8)
+    batch, cls = sample(model, z, None, method="heun", steps=3, generator=torch.Generator().manual_seed(0), return_cls=True)
+    alone, cls1 = sample(model, z[1:2], None, method="heun", steps=3, generator=torch.Generator().manual_seed(1), return_cls=True)
+    torch.testing.assert_close(alone, batch[1:2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cls1, cls[1:2], rtol=1e-5, atol=1e-5)
+    other = sample(model, z[1:2], None, method="heun", steps=3, cls_noise=torch.randn(1, 5))
+    assert not torch.allclose(other, alone, atol=1e-4)  # and the CLS token does matter
+
+
+def test_sampler_takes_per_modality_scales():
+    """``sample(..., scales={"rna": s})``: lambda_m of the decoupled attention; 0 = stream off."""
+    model = perturb_zero_init_(MuPD.from_preset("tiny", modalities=("text", "rna"), cond_dims={"text": 8, "rna": 8}), std=0.2).eval()
+    z = torch.randn(2, 4, 8, 8)
+    c = {"text": torch.randn(2, 3, 8), "rna": torch.randn(2, 4, 8)}
+    base = sample(model, z, c, method="euler", steps=2, guidance={"rna": 2.0})
+    assert torch.equal(sample(model, z, c, method="euler", steps=2, scales={"rna": 0.0}),
+                       sample(model, z, {"text": c["text"]}, method="euler", steps=2))
+    assert not torch.allclose(sample(model, z, c, method="euler", steps=2, guidance={"rna": 2.0}, scales={"rna": 1.5}), base)
+    with pytest.raises(MupdError, match="scales\\['image'\\]"):
+        sample(model, z, c, steps=2, scales={"image": 1.5})

@@ -146,3 +146,12 @@ def test_alignment_loss_falls_on_pcam_with_a_frozen_vit(tmp_path, sample_data, t
     assert Image.open(Path(cfg.output) / "previews" / "000000160.png").height >= 32  # EMA samples, VAE-decoded
     # the projector is part of the resumable state
     assert (Path(cfg.output) / "checkpoint" / "train_state" / "extra.safetensors").exists()
+
+
+def test_finetune_without_alignment_drops_the_cls_token(tmp_path):
+    """A REG/CLS source fine-tuned without the CLS objective trains and samples on the same tokens."""
+    source = MuPD.from_preset("tiny", input_size=8, modalities=(), cond_dims={}, cls_dim=16)
+    source.save_pretrained(tmp_path / "src" / "model", ema=source)
+    cfg = TrainConfig.from_dict({"finetune": {"init_from": str(tmp_path / "src")}})
+    model = finetuned_model(cfg, latent_shape=(4, 8, 8), extra_in_channels=0, cond_dims={}, cls_dim=None)
+    assert model.config.cls_dim is None and model.cls_head is None

@@ -9,6 +9,8 @@ mean step to 0.
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from tqdm.auto import tqdm
 
@@ -45,6 +47,19 @@ def _randn(shape, generator, like: torch.Tensor) -> torch.Tensor:
     return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 
 
+def cls_noise_for(noise: torch.Tensor, cls_dim: int) -> torch.Tensor:
+    """CLS-token noise for each sample, a function of that sample's own latent noise (its bytes seed
+    a CPU generator): a sample then does not depend on the rest of its batch, so image i of a call
+    repeats when generated alone from the same latent noise, as it does for models without CLS."""
+    rows = noise.detach().float().cpu().reshape(noise.shape[0], -1)
+    out = []
+    for row in rows:
+        digest = hashlib.blake2b(row.numpy().tobytes(), digest_size=8).digest()
+        g = torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+        out.append(torch.randn(cls_dim, generator=g))
+    return torch.stack(out).to(noise.device)
+
+
 def _in_interval(t: float, interval) -> bool:
     lo, hi = interval
     return lo <= t <= hi
@@ -73,20 +88,26 @@ def sample(
 ):
     """Integrate from ``noise`` (t = 1) to data (t = 0); returns x0 (and the CLS when ``return_cls``).
 
+    ``scales``: the per-modality inference scale lambda_m of the decoupled cross-attention,
+    ``{modality: scale}`` (e.g. ``{"rna": 1.5}``; 1 = as trained, 0 = that stream off; unknown
+    modalities, or a scale other than 1 on a ``shared``-attention model, are a ``MupdError``).
     ``guidance``: None, a joint float scale, or ``{modality: scale}`` (see ``guided_velocity``); it is
     applied only while ``guidance_interval[0] <= t <= guidance_interval[1]``. ``extra_input`` (source
     latents) is concatenated after x at every call. Models with a CLS token integrate it alongside
-    (from ``cls_noise`` or fresh noise from ``generator``). ``t_end`` is used by the SDE only.
+    (from ``cls_noise``, else from :func:`cls_noise_for` of each sample's own noise, so a sample never
+    depends on its batch). ``t_end`` is used by the SDE only.
     ``t_start < 1`` starts part-way (SDEdit): ``noise`` is then the partly noised ``x_t``.
     """
     if method not in METHODS:
         raise MupdError(f"method must be one of {METHODS}, not {method!r}")
+    if scales and hasattr(model, "_check_scales"):
+        scales = model._check_scales(scales)  # at the edge, before any step runs
     x = noise.float()
     device = x.device
     cls_dim = getattr(getattr(model, "config", None), "cls_dim", None)
     cls = None
     if cls_dim and getattr(model, "cls_head", None) is not None:
-        cls = cls_noise.float().to(device) if cls_noise is not None else _randn((x.shape[0], cls_dim), generator, x)
+        cls = cls_noise.float().to(device) if cls_noise is not None else cls_noise_for(noise, cls_dim)
 
     # conditions are encoded once per plan (guided / plain) and their keys/values reused every step
     plans: dict[bool, GuidancePlan] = {}

@@ -121,10 +121,11 @@ def finetuned_model(cfg, *, latent_shape: tuple[int, int, int], extra_in_channel
         if m not in source.config.modalities and m not in add:
             raise MupdError(f"finetune.add_modalities lists '{m}' but conditions has no encoder for it; add conditions.{m}")
     changes = {"grad_checkpointing": cfg.model.grad_checkpointing}
+    # the CLS token exists only where it is trained: a fine-tune without the CLS objective drops the
+    # source's CLS head (else it would train on N tokens and sample with N + 1, one of them noise)
+    changes["cls_dim"] = cls_dim if (cfg.align.encoder and cfg.align.cls_weight > 0) else None
     if cfg.align.encoder:
         changes["repa_block"] = cfg.align.block
-        if cfg.align.cls_weight > 0:
-            changes["cls_dim"] = cls_dim
     return expand_model(source, extra_in_channels=grow, add_modalities=add, **changes)
 
 
