@@ -64,7 +64,8 @@ def generate_dir(tmp_path_factory, sample_data):
 
 @pytest.fixture(scope="session")
 def stain_dir(tmp_path_factory):
-    """A stain fine-tune: 4 extra input channels (source latents), RGB source VAE, 2-channel target VAE."""
+    """A stain fine-tune: 4 extra input channels (source latents), RGB source VAE, 2-channel target VAE,
+    and a text stream (e.g. the marker named in words)."""
     from mupd import MuPD
     from mupd.bundle import save_bundle
 
@@ -73,6 +74,7 @@ def stain_dir(tmp_path_factory):
     model = MuPD.from_preset("tiny", modalities=("text",), cond_dims={"text": 32}, input_size=8, extra_in_channels=4)
     _randomise_gates(model)
     save_bundle(root / "stain", model=model, vae=tiny_vae(channels=2, seed=2), source_vae=tiny_vae(seed=3),
+                encoders={"text": ("hashed-words", {"width": 32}, None)},
                 extra={"task": "stain", "image_size": IMAGE_SIZE, "source_channels": 4})
     return root / "stain"
 

@@ -166,11 +166,12 @@ def run_generate(args) -> int:
     else:
         rows = [{k: getattr(args, k) for k in ("text", "rna", "ref", "label") if getattr(args, k) is not None}]
     for r, row in enumerate(rows):
-        where = f"{args.batch} row {r + 1}" if args.batch else ""
-        given = preflight.check_generate_row(facts, row, where)
-        guidance = parse_guidance(row.get("guidance", args.guidance))
-        preflight.check_modality_options(facts, given, guidance, scales)
-        require_positive(int(row.get("n", args.n)), f"{where + ': ' if where else ''}n")
+        try:
+            given = preflight.check_generate_row(facts, row)
+            preflight.check_modality_options(facts, given, parse_guidance(row.get("guidance", args.guidance)), scales)
+            require_positive(int(row.get("n", args.n)), "n")
+        except MupdError as exc:
+            raise MupdError(f"{args.batch} row {r + 1}: {exc}" if args.batch else str(exc)) from None
     pipe = _load(args)
     out_dir = Path(args.out)
     seed = args.seed
@@ -284,10 +285,10 @@ def _check_dense(args, task: str):
 
 
 def _run_dense(args, task: str) -> int:
+    sources, method, guidance, scales = _check_dense(args, task)
     from .output import append_manifest, manifest_row
     from .pngmeta import save_png
 
-    sources, method, guidance, scales = _check_dense(args, task)
     pipe = _load(args)
     out_dir = Path(args.out)
     rows = []
@@ -321,7 +322,6 @@ def run_translate(args) -> int:
 def run_augment(args) -> int:
     from ..errors import require
     from . import preflight
-    from .augment import augment
 
     data = Path(args.data)
     require(data.is_dir(), f"--data {data} is not a folder; pass a class-per-folder dataset (FOLDER/<class>/*.png)")
@@ -335,6 +335,8 @@ def run_augment(args) -> int:
     given = {"text"} if facts.labels and facts.has_stream("text") else set()
     given |= {"image"} if facts.has_stream("image") and not args.no_reference else set()
     preflight.check_modality_options(facts, given, guidance, scales)
+    from .augment import augment
+
     pipe = _load(args)
     manifest = augment(pipe, args.data, args.out, per_class=args.per_class, steps=args.steps, sampler=args.sampler,
                        guidance=guidance, scales=scales, seed=args.seed, strength=args.strength,

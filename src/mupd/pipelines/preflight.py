@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
+
 from ..errors import MupdError, require
-from .inputs import load_image, match_genes, read_rna
+from .inputs import RnaProfile, load_image, match_genes, read_rna, split_spec
 from .options import SAMPLERS
 from .sdedit import check_strength
 
@@ -126,10 +128,10 @@ def check_modality_options(facts: ModelFacts, given: Iterable[str], guidance, sc
                 f"--scale needs a model with decoupled attention; {facts.path} was trained with attention='shared'")
 
 
-def check_generate_row(facts: ModelFacts, row: dict, where: str = "") -> set[str]:
+def check_generate_row(facts: ModelFacts, row: dict) -> set[str]:
     """One condition row (CLI flags or a --batch line): labels, streams, RNA file/row/genes, image.
     Returns the modalities it conditions on."""
-    at = f"{where}: " if where else ""
+    at = ""
     given = set()
     require(facts.source_channels == 0 or facts.task == "generate",
             f"{facts.path} is a '{facts.task}' model that needs a source image; use 'mupd {facts.task}'")
@@ -156,7 +158,61 @@ def check_rna(facts: ModelFacts, spec: str, at: str = "") -> None:
     require(facts.vocabulary_genes is not None,
             f"{at}{facts.path} has no gene_vocabulary.json, so the named genes of {spec} cannot be mapped "
             "to the model's input")
-    match_genes(read_rna(spec), facts.vocabulary_genes)  # file, row and gene overlap
+    match_genes(rna_names(spec), facts.vocabulary_genes)  # file, row and gene overlap
+
+
+def rna_names(spec: str) -> RnaProfile:
+    """The genes of an RNA spec and a check that its row exists, reading names only (no values):
+    h5ad obs/var names through h5py, tables through their id column and header. Anything unusual
+    falls back to ``read_rna``, which reads and checks everything."""
+    path, key = split_spec(spec)
+    try:
+        if path.name.lower().endswith(".h5ad"):
+            rows, genes = _h5ad_names(path)
+        else:
+            rows, genes = _table_names(path, key)
+    except MupdError:
+        raise
+    except Exception:  # an older or unusual layout: let the full reader judge it
+        return read_rna(spec)
+    if rows is None:  # a gene -> value table
+        return read_rna(spec)
+    if key is None:
+        require(len(rows) == 1, f"{path} has {len(rows)} rows; pick one with {path}:ROW_ID (e.g. {path}:{rows[0]})")
+        key = rows[0]
+    require(key in set(rows), f"{path} has no row '{key}'; first ids: {rows[:5]}")
+    return RnaProfile(np.zeros(len(genes), dtype=np.float32), genes, f"{path}:{key}")
+
+
+def _h5ad_names(path: Path) -> tuple[list[str], list[str]]:
+    import h5py
+
+    def names(group) -> list[str]:
+        values = group[group.attrs["_index"]][:]
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+    with h5py.File(path, "r") as handle:
+        return names(handle["obs"]), names(handle["var"])
+
+
+def _table_names(path: Path, key: str | None) -> tuple[list[str] | None, list[str]]:
+    import pandas as pd
+
+    name = path.name.lower()
+    sep = "\t" if any(name.endswith(s) for s in (".tsv", ".tsv.gz", ".txt", ".txt.gz")) else ","
+    columns = [str(c) for c in pd.read_csv(path, sep=sep, nrows=0).columns]
+    rnaseq = [c for c in columns if c.endswith("_rnaseq")]
+    if rnaseq:  # TCGA-style: rows keyed by slide_id / case_id
+        ids = [c for c in ("slide_id", "case_id") if c in columns]
+        require(ids and key is not None, f"{path} is a per-slide table; pick a row with {path}:SLIDE_ID")
+        table = pd.read_csv(path, sep=sep, usecols=ids, dtype=str)
+        found = any((table[c] == key).any() for c in ids)
+        require(found, f"{path} has no row with {' or '.join(ids)} = '{key}'")
+        return [key], [c[: -len("_rnaseq")] for c in rnaseq]
+    if key is None and len(columns) == 2:
+        return None, []
+    rows = pd.read_csv(path, sep=sep, usecols=[0], dtype=str).iloc[:, 0].tolist()
+    return rows, columns[1:]
 
 
 def check_source_images(facts: ModelFacts, paths: list[Path]) -> None:
