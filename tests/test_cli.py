@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from mupd import __version__
+from mupd.errors import MupdError
 from mupd.cli import main
 
 
@@ -13,9 +16,56 @@ def test_info_lists_versions_and_encoder_licences(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert f"mupd {__version__}" in out and "torch " in out
-    uni = next(line for line in out.splitlines() if "image/uni " in line)
-    assert "CC-BY-NC-ND-4.0" in uni and "NON-COMMERCIAL" in uni
-    assert "commercial ok" in next(line for line in out.splitlines() if "text/hashed-words" in line)
+    line = {row.split()[0]: row.split(None, 2)[1:] for row in out.splitlines() if row.startswith("  ") and "/" in row.split()[0]}
+    assert line["image/uni"][0] == "no" and line["image/uni"][1].startswith("CC-BY-NC-ND-4.0")
+    assert line["text/hashed-words"][0] == "yes"
+    # one statement per entry: no "MIT ... NON-COMMERCIAL" or "... commercial ok" beside GPL gene sets
+    assert line["image/plip"][0] == "check" and line["rna/pathway-tokens"][0] == "check"
+    assert "GPL-3.0" in line["rna/pathway-tokens"][1] and "unverified" not in out
+
+
+def test_every_heavy_command_takes_threads():
+    from mupd.cli import HEAVY_COMMANDS, build_parser, subcommand_parser
+
+    parser = build_parser()
+    for path in HEAVY_COMMANDS:
+        command = subcommand_parser(parser, path)
+        assert command is not None, path
+        assert any("--threads" in a.option_strings for a in command._actions), path
+
+
+def test_threads_setting_env_and_flag(monkeypatch, capsys, tmp_path):
+    import torch
+
+    from mupd.settings import apply_threads, resolve_threads, settings
+
+    assert resolve_threads(3) == 3
+    monkeypatch.setattr(settings, "threads", 2)
+    assert apply_threads() == 2 and torch.get_num_threads() == 2
+    monkeypatch.setattr(settings, "threads", "many")  # as read from MUPD_THREADS=many
+    with pytest.raises(MupdError, match="MUPD_THREADS"):
+        resolve_threads()
+    monkeypatch.setattr(settings, "threads", None)
+    assert main(["evaluate", "--real", str(tmp_path), "--fake", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--threads", "0"]) == 2
+    assert "--threads must be a positive integer" in capsys.readouterr().err
+
+
+def test_default_threads_leave_out_a_core_another_process_keeps_busy():
+    from mupd.settings import available_cores, default_threads
+
+    cores = available_cores()
+    if cores < 2:
+        pytest.skip("needs at least two usable cores")
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)
+        assert default_threads() <= cores - 1  # torch's own default would be every core
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def test_no_command_prints_help_and_user_errors_are_one_line(capsys, tmp_path):

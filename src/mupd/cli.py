@@ -21,7 +21,13 @@ COMMAND_MODULES = (
     "mupd.metrics.cli",  # evaluate
     "mupd.align.cli",  # align
     "mupd.data.cli",  # data tile|index|encode, vae train
+    "mupd.impute.cli",
+    "mupd.heads.cli",
 )
+
+# Commands that compute; each gets ``--threads`` here (one place) and the threads are set before it runs.
+HEAVY_COMMANDS = ("train", "demo", "evaluate", "generate", "vary", "stain", "translate", "augment",
+                  "data tile", "data index", "data encode", "vae train", "align train", "align evaluate")
 
 OPTIONAL_PACKAGES = {
     "timm": "encoders",
@@ -53,10 +59,9 @@ def _info(args: argparse.Namespace) -> int:
         print(f"  {module:<15} {state}")
     from .encoders import registry as enc
 
-    print("registered encoders (licence, commercial use):")
+    print("registered encoders: commercial use (yes/no/check), licence of the weights or code; derived from")
     for entry in enc.all_entries():
-        flag = "commercial ok" if entry.commercial else "NON-COMMERCIAL"
-        print(f"  {entry.name:<24} {entry.licence:<20} {flag}")
+        print(f"  {entry.name:<24} {entry.commercial:<6} {entry.licence}; derived from: {entry.base}")
     return 0
 
 
@@ -68,7 +73,27 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_info)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    _add_threads_arguments(parser)
     return parser
+
+
+def subcommand_parser(parser: argparse.ArgumentParser, path: str) -> argparse.ArgumentParser | None:
+    """The parser of ``path`` ("data encode"), or None when no such command is registered."""
+    for word in path.split():
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not actions or word not in actions[0].choices:
+            return None
+        parser = actions[0].choices[word]
+    return parser
+
+
+def _add_threads_arguments(parser: argparse.ArgumentParser) -> None:
+    from .settings import add_threads_argument
+
+    for path in HEAVY_COMMANDS:
+        command = subcommand_parser(parser, path)
+        if command is not None and not any("--threads" in a.option_strings for a in command._actions):
+            add_threads_argument(command)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
+        if hasattr(args, "threads"):  # heavy commands: resolve --threads / MUPD_THREADS / idle cores once
+            from .settings import apply_threads
+
+            args.threads = apply_threads(args.threads, import_torch=False)
         return int(args.func(args) or 0)
     except MupdError as exc:
         print(f"mupd: error: {exc}", file=sys.stderr)

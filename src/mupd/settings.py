@@ -1,7 +1,13 @@
-"""Process-wide settings: device, precision, sample-data location (one place, as in scanpy).
+"""Process-wide settings: device, precision, CPU threads, sample-data location (one place, as in scanpy).
 
 ``mupd.settings.device = "cuda"`` or the ``MUPD_DEVICE`` variable choose the device; ``"auto"``
 picks CUDA when present. ``precision`` is ``"fp32"`` or ``"bf16"`` (autocast on CUDA only).
+
+CPU threads: ``mupd.settings.threads = 4``, ``MUPD_THREADS=4`` or ``--threads 4`` on any heavy
+command; ``None`` (default) = the cores this process may use (``os.sched_getaffinity``) minus those
+another process keeps busy right now (sampled from ``/proc/stat`` over 0.1 s). Why: an OpenMP
+thread on a core that another job holds makes every parallel op wait for it (measured on 2 cores,
+one busy: 6.8 img/s with 2 threads vs 66.5 with 1; see ``benchmarks/threads.py``).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch is imported lazily so `mupd --help` stays fast
@@ -17,12 +24,19 @@ if TYPE_CHECKING:  # torch is imported lazily so `mupd --help` stays fast
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent
 
+# OpenMP threads that wait by spinning steal a core another job needs and stall every parallel op on
+# a busy machine; sleeping waits cost little when idle (benchmarks/threads.py). OpenMP reads this
+# once, when torch loads, so it is set only if torch is not loaded yet; an explicit value wins.
+if "torch" not in sys.modules:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 @dataclass
 class Settings:
     device: str = field(default_factory=lambda: os.environ.get("MUPD_DEVICE", "auto"))
     precision: str = field(default_factory=lambda: os.environ.get("MUPD_PRECISION", "auto"))
     num_workers: int = 0
+    threads: int | None = field(default_factory=lambda: _env_threads())
 
     def torch_device(self, device: str | None = None) -> torch.device:
         import torch
@@ -49,7 +63,102 @@ class Settings:
         return torch.autocast(device.type, dtype=dtype)
 
 
+def _env_threads() -> int | str | None:
+    value = os.environ.get("MUPD_THREADS", "").strip()
+    if not value:
+        return None
+    return int(value) if value.isdigit() else value  # a bad value is refused when threads are resolved
+
+
 settings = Settings()
+
+
+def available_cores() -> int:
+    """CPUs this process may run on (its affinity mask; containers and taskset narrow it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _cpu_times(cpus: set[int]) -> dict[int, tuple[int, int]]:
+    """(idle, total) jiffies per allowed CPU from /proc/stat."""
+    out = {}
+    with open("/proc/stat") as fh:
+        for line in fh:
+            if not line.startswith("cpu") or line.startswith("cpu "):
+                continue
+            name, *values = line.split()
+            cpu = int(name[3:])
+            if cpu in cpus:
+                numbers = [int(v) for v in values[:8]]
+                out[cpu] = (numbers[3] + numbers[4], sum(numbers))  # idle + iowait, all
+    return out
+
+
+def busy_cores(interval: float = 0.1) -> float:
+    """How many of this process's cores other work keeps busy now (0 when unknown)."""
+    try:
+        cpus = os.sched_getaffinity(0)
+        before = _cpu_times(cpus)
+        import time
+
+        time.sleep(interval)
+        after = _cpu_times(cpus)
+    except (AttributeError, OSError, ValueError):
+        return 0.0
+    busy = 0.0
+    for cpu, (idle, total) in after.items():
+        d_total = total - before.get(cpu, (idle, total))[1]
+        d_idle = idle - before.get(cpu, (idle, total))[0]
+        if d_total > 0:
+            busy += 1.0 - d_idle / d_total
+    return busy
+
+
+def default_threads() -> int:
+    """The cores this process may use that are not busy with other work now (at least 1)."""
+    cores = available_cores()
+    return max(1, min(cores, int(cores - busy_cores() + 0.5)))
+
+
+def resolve_threads(threads: int | None = None) -> int:
+    """``threads`` if given, else ``settings.threads`` / ``MUPD_THREADS``, else ``default_threads()``."""
+    from .errors import MupdError
+
+    chosen = threads if threads is not None else settings.threads
+    if chosen is None:
+        return default_threads()
+    if not isinstance(chosen, int) or chosen < 1:
+        where = "--threads" if threads is not None else "mupd.settings.threads / $MUPD_THREADS"
+        raise MupdError(f"{where} must be a positive integer (CPU threads), not {chosen!r}")
+    return chosen
+
+
+def apply_threads(threads: int | None = None, *, import_torch: bool = True) -> int:
+    """Set torch's intra-op threads by ``resolve_threads``; returns the number used. Before torch is
+    imported (and with ``import_torch=False``) this only sets ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``,
+    which torch reads when it loads, so a command that fails its input checks never pays for torch."""
+    n = resolve_threads(threads)
+    if "torch" not in sys.modules and not import_torch:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
+        return n
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def add_threads_argument(parser) -> None:
+    """``--threads N`` for a heavy command (the CLI root applies it before the command runs)."""
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads (default: $MUPD_THREADS, else the cores this process may use that are not busy)")
+
+
+def cache_dir() -> Path:
+    """mupd's user cache folder: ``$MUPD_CACHE``, else ``~/.cache/mupd`` (feature statistics, extracted models)."""
+    return Path(os.environ.get("MUPD_CACHE") or Path.home() / ".cache" / "mupd")
 
 
 def sample_data_dir() -> Path | None:

@@ -64,12 +64,44 @@ def test_named_entries_load_from_folder(tmp_path):
 def test_licences_recorded():
     entries = {e.name: e for e in registry.all_entries()}
     for name in ("image/uni", "image/virchow2", "image/uni2-h"):
-        assert entries[name].licence == "CC-BY-NC-ND-4.0" and not entries[name].commercial
-    assert entries["image/h-optimus-0"].licence == "Apache-2.0" and entries["image/h-optimus-0"].commercial
+        assert entries[name].licence == "CC-BY-NC-ND-4.0" and entries[name].commercial == "no"
+    assert entries["image/h-optimus-0"].licence == "Apache-2.0" and entries["image/h-optimus-0"].commercial == "yes"
+    # weights under a permissive licence but derived from research-use data: "check", never "yes"
+    for name in ("image/plip", "text/plip", "image/prov-gigapath", "rna/pathway-tokens"):
+        assert entries[name].commercial == "check" and "unverified" not in entries[name].licence
+    assert "GPL-3.0" in entries["rna/pathway-tokens"].base
+    for item in entries.values():
+        assert item.commercial in ("yes", "no", "check") and item.base
+
+
+def test_licence_metadata_for_pipeline_folders():
+    meta = registry.licence_metadata({"text": "hashed-words", "rna": "pathway-tokens"})
+    assert meta["components"]["rna"]["base"].startswith("built-in SurvPath gene sets: GPL-3.0")
+    assert meta["commercial"] == "check"  # the strictest component
+    assert registry.licence_metadata({"text": "hashed-words"})["commercial"] == "yes"
+    assert registry.licence_metadata({"image": "uni", "text": "hashed-words"})["commercial"] == "no"
+    table = registry.licence_table()
+    assert "| `rna/pathway-tokens` | Apache-2.0 (mupd code) | built-in SurvPath gene sets: GPL-3.0" in table
+    with pytest.raises(MupdError, match="unknown image encoder"):
+        registry.licence_metadata({"image": "nope"})
+
+
+@pytest.mark.parametrize("spelling", ["hub:", "hf-hub:"])
+def test_hub_only_when_named_and_missing_paths_are_errors(tmp_path, spelling):
+    from mupd.encoders.base import resolve_weights
+
+    assert resolve_weights(f"{spelling}MahmoodLab/UNI", what="x") == "hf-hub:MahmoodLab/UNI"
+    with pytest.raises(MupdError, match="ORG/NAME"):
+        resolve_weights(f"{spelling}not-a-repo-id", what="x")
+    # a missing folder that looks like a hub id is an error naming it, with the explicit spelling to use
+    with pytest.raises(MupdError, match=r"weights folder MahmoodLab/UNI does not exist.*hub:MahmoodLab/UNI"):
+        registry.build("image", "uni", path="MahmoodLab/UNI")
+    with pytest.raises(MupdError, match=f"weights folder {tmp_path / 'runs'} does not exist"):
+        registry.build("text", "plip", path=tmp_path / "runs")
 
 
 def test_bad_inputs_and_missing_weights(tmp_path):
-    with pytest.raises(MupdError, match="hf-hub:MahmoodLab/uni"):
+    with pytest.raises(MupdError, match="hub:MahmoodLab/uni"):
         registry.build("image", "uni")
     folder = tmp_path / "vit"
     _save_tiny_vit(folder)
@@ -96,4 +128,4 @@ def test_packaged_models_name_their_package(modality, name, package):
     with pytest.raises(MupdError, match=f"needs the package '{package}'"):
         registry.build(modality, name, path="hf-hub:any")
     entry = registry.entry(modality, name)
-    assert entry.licence == "CC-BY-NC-ND-4.0" and not entry.commercial
+    assert entry.licence == "CC-BY-NC-ND-4.0" and entry.commercial == "no"

@@ -73,7 +73,7 @@ def test_clip_text_tower_from_local_folder(sample_data, tmp_path):
 
 
 def test_missing_weights_name_the_folder_and_the_hub(tmp_path):
-    with pytest.raises(MupdError, match="hf-hub:vinid/plip"):
+    with pytest.raises(MupdError, match="hub:vinid/plip"):
         registry.build("text", "plip")
     with pytest.raises(MupdError, match="does not exist"):
         registry.build("text", "transformers", path=tmp_path / "nowhere")

@@ -31,6 +31,6 @@ def _build(modality: str):
 
 
 for _modality in ("image", "text", "rna"):
-    register(_modality, "mupd-aligned", licence="Apache-2.0 (mupd); weights follow their training data",
-             commercial=False, source="trained offline by 'mupd align train' (e.g. on PCam / her2st)",
+    register(_modality, "mupd-aligned", licence="Apache-2.0 (mupd code)",
+             base="your training data (e.g. PCam CC0; her2st, TCGA: research use)", commercial="check", source="trained offline by 'mupd align train' (e.g. on PCam / her2st)",
              width="from the checkpoint (default 128)")(_build(_modality))

@@ -160,18 +160,32 @@ def require_external_package(module: str, pip_hint: str, what: str) -> None:
         raise MupdError(f"{what} needs the package '{module}', which is not installed. Install it with: {pip_hint}")
 
 
-def resolve_weights(path, *, what: str, hub_id: str | None = None, expected: str = "config.json and weights") -> str:
-    """Return a local folder (as str) or an explicit ``hf-hub:`` id; never download implicitly.
+HUB_PREFIXES = ("hub:", "hf-hub:")  # both name the Hugging Face hub explicitly; nothing else reaches it
 
-    ``path=None`` is an error that says which folder is expected and how to opt into the hub.
+
+def resolve_weights(path, *, what: str, hub_id: str | None = None, expected: str = "config.json and weights") -> str:
+    """Return a local folder (as str) or an explicit hub id, normalised to ``hf-hub:ORG/NAME``
+    (``hub:ORG/NAME`` and ``hf-hub:ORG/NAME`` are the same); never download implicitly.
+
+    ``path=None`` is an error that says which folder is expected and how to opt into the hub; a
+    path that does not exist is an error naming it (never retried as a hub id).
     """
     if path is None:
-        hub = f" or path='hf-hub:{hub_id}' to download it from the Hugging Face hub" if hub_id else ""
+        hub = f" or path='hub:{hub_id}' to download it from the Hugging Face hub" if hub_id else ""
         raise MupdError(f"{what}: no weights given. Pass path=FOLDER (a local folder with {expected}){hub}")
     text = os.fspath(path)
-    if text.startswith("hf-hub:"):
-        return text
+    for prefix in HUB_PREFIXES:
+        if text.startswith(prefix):
+            require_hub_id(text[len(prefix):], what)
+            return "hf-hub:" + text[len(prefix):]
     folder = Path(text)
     if not folder.is_dir():
-        raise MupdError(f"{what}: weights folder {folder} does not exist; expected a folder with {expected}")
+        hint = f" (to download '{text}' from the hub, write hub:{text})" if text.count("/") == 1 and not text.startswith((".", "/")) else ""
+        raise MupdError(f"{what}: weights folder {folder} does not exist; expected a folder with {expected}{hint}")
     return str(folder)
+
+
+def require_hub_id(repo: str, what: str) -> None:
+    parts = repo.split("/")
+    if len(parts) != 2 or not all(parts):
+        raise MupdError(f"{what}: hub id {repo!r} must look like ORG/NAME (e.g. hub:MahmoodLab/UNI)")

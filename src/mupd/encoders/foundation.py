@@ -2,7 +2,7 @@
 
 Both are used only when their package is installed (neither is on PyPI); otherwise building them
 raises one ``MupdError`` naming the package and where to get it. Weights come from ``path`` (a local
-checkpoint file/folder) or an explicit ``path="hf-hub:..."``. These adapters follow the packages'
+checkpoint file/folder) or an explicit ``path="hub:ORG/NAME"`` (or ``hf-hub:``). These adapters follow the packages'
 published usage and are not exercised by the test-suite (the packages are absent there).
 """
 
@@ -95,9 +95,11 @@ class ConchEncoder(ConditionEncoder):
 
 
 for _modality in ("image", "text"):
-    register(_modality, "musk", licence="CC-BY-NC-ND-4.0", commercial=False, gated=True,
+    register(_modality, "musk", licence="CC-BY-NC-ND-4.0", base="Stanford slides and PubMed text, research use only",
+             commercial="no", gated=True,
              source="lilab-stanford/MUSK package + hf xiangjx/musk", width=1024)(
         lambda path=None, _m=_modality, **kw: MuskEncoder(_m, path, **kw))
-    register(_modality, "conch", licence="CC-BY-NC-ND-4.0", commercial=False, gated=True,
+    register(_modality, "conch", licence="CC-BY-NC-ND-4.0", base="MGB image-caption pairs, research use only",
+             commercial="no", gated=True,
              source="Mahmoodlab/CONCH package + hf MahmoodLab/conch", width=512)(
         lambda path=None, _m=_modality: ConchEncoder(_m, path))

@@ -91,8 +91,8 @@ class HashedWordsEncoder(ConditionEncoder):
 @register(
     "text",
     "hashed-words",
-    licence="Apache-2.0 (mupd; no weights)",
-    commercial=True,
+    licence="Apache-2.0 (mupd code; no weights)",
+    commercial="yes",
     source="built in: blake2b-seeded word vectors",
     width="configurable (default 64)",
 )

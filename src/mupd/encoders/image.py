@@ -2,7 +2,8 @@
 the PLIP CLIP vision tower through ``transformers``.
 
 Weights come from a local folder (``timm.models.save_for_hf`` layout: config.json +
-model.safetensors) or from an explicit ``path="hf-hub:owner/name"``; nothing downloads otherwise.
+model.safetensors) or from an explicit ``path="hub:ORG/NAME"`` (``hf-hub:`` is the same); nothing downloads otherwise,
+and a path that does not exist is an error naming it (never tried as a hub id).
 Frozen: no gradients. Inputs are resized to the model's input size and normalised with its mean/std.
 """
 
@@ -84,8 +85,9 @@ class TimmImageEncoder(ConditionEncoder):
             return self.model.forward_head(feats, pre_logits=True).float()
 
 
-@register("image", "timm", licence="the model's own (check its card)", commercial=False,
-          source="any timm model: local folder (timm save_for_hf) or path='hf-hub:ID'", width="from the model")
+@register("image", "timm", licence="the loaded model's own (read its card)", base="the loaded model's own",
+          commercial="check",
+          source="any timm model: local folder (timm save_for_hf) or path='hub:ORG/NAME'", width="from the model")
 def build_timm(path=None, img_size: int | None = None, embedding: str = "pooled", **model_kwargs):
     return TimmImageEncoder(path, what="image encoder 'timm'", img_size=img_size, embedding=embedding, **model_kwargs)
 
@@ -107,21 +109,22 @@ def _swiglu_kwargs() -> dict:
     return {"mlp_layer": timm.layers.SwiGLUPacked, "act_layer": torch.nn.SiLU}
 
 
-register("image", "uni", licence="CC-BY-NC-ND-4.0", commercial=False, gated=True,
+register("image", "uni", licence="CC-BY-NC-ND-4.0", base="Mass-100K slides (MGB), research use only", commercial="no", gated=True,
          source="hf MahmoodLab/UNI (ViT-L/16, Mass General Brigham)", width=1024)(
     _named_timm("uni", "MahmoodLab/uni", {"init_values": 1e-5, "dynamic_img_size": True}))
-register("image", "uni2-h", licence="CC-BY-NC-ND-4.0", commercial=False, gated=True,
+register("image", "uni2-h", licence="CC-BY-NC-ND-4.0", base="MGB slides, research use only", commercial="no", gated=True,
          source="hf MahmoodLab/UNI2-h (ViT-H/14)", width=1536)(
     _named_timm("uni2-h", "MahmoodLab/UNI2-h", {"dynamic_img_size": True}))
-register("image", "h-optimus-0", licence="Apache-2.0", commercial=True,
+register("image", "h-optimus-0", licence="Apache-2.0", base="Bioptimus' own slide collection (not redistributed)", commercial="yes",
          source="hf bioptimus/H-optimus-0 (ViT-g/14)", width=1536)(
     _named_timm("h-optimus-0", "bioptimus/H-optimus-0", {"init_values": 1e-5, "dynamic_img_size": False}))
-register("image", "prov-gigapath", licence="Apache-2.0 (unverified)", note="card adds research-use terms", commercial=False,
+register("image", "prov-gigapath", licence="Apache-2.0 (model card)", base="Providence slides; the card says research use only",
+         commercial="check",
          source="hf prov-gigapath/prov-gigapath tile encoder (ViT-g/14)", width=1536)(
     _named_timm("prov-gigapath", "prov-gigapath/prov-gigapath", {}))
 
 
-@register("image", "virchow2", licence="CC-BY-NC-ND-4.0", commercial=False, gated=True,
+@register("image", "virchow2", licence="CC-BY-NC-ND-4.0", base="Paige/MSKCC slides, research use only", commercial="no", gated=True,
           source="hf paige-ai/Virchow2 (ViT-H/14, 4 registers)", width=1280)
 def build_virchow2(path=None, img_size: int | None = None, embedding: str = "cls+mean", **model_kwargs):
     kwargs = {**_swiglu_kwargs(), **model_kwargs}
@@ -167,7 +170,7 @@ class ClipVisionEncoder(ConditionEncoder):
         return self._forward(batch).image_embeds.float()
 
 
-@register("image", "plip", licence="MIT (unverified)", note="model card says MIT; trained on Twitter data, research use",
-          commercial=False, source="hf vinid/plip (CLIP ViT-B/32 vision tower)", width=768)
+@register("image", "plip", licence="MIT (model card)", base="OpenAI CLIP ViT-B/32 (MIT) tuned on OpenPath (Twitter posts; research use)",
+          commercial="check", source="hf vinid/plip (CLIP ViT-B/32 vision tower)", width=768)
 def build_plip_image(path=None):
     return ClipVisionEncoder(path, what="image encoder 'plip'", hub_id="vinid/plip")

@@ -54,3 +54,28 @@ def all_entries() -> list[Entry]:
         for item in REGISTRIES[modality].entries():
             out.append(dataclasses.replace(item, name=f"{modality}/{item.name}"))
     return out
+
+
+def licence_facts(modality: str, name: str) -> dict:
+    """One encoder's licence facts: ``{"name", "licence", "base", "commercial" (yes/no/check), "source"}``
+    (``mupd.bundle`` writes these into a pipeline folder's metadata)."""
+    return entry(modality, name).licence_facts()
+
+
+def licence_metadata(components: dict[str, str]) -> dict:
+    """Licence facts for a pipeline folder's metadata: ``{"text": "hashed-words", "rna": "pathway-tokens"}``
+    -> ``{"text": {"name", "licence", "base", "commercial", "source"}, ...}``, plus ``"commercial"``: the
+    strictest of the components ("no" > "check" > "yes"). Unknown names raise ``MupdError``."""
+    facts = {modality: licence_facts(modality, name) for modality, name in components.items()}
+    order = {"yes": 0, "check": 1, "no": 2}
+    overall = max((f["commercial"] for f in facts.values()), key=order.__getitem__, default="yes")
+    return {"components": facts, "commercial": overall}
+
+
+def licence_table() -> str:
+    """The README's licence table (Markdown), generated from the registry so the two cannot disagree."""
+    rows = ["| encoder | licence of the weights / code | derived from (base model, data) | commercial use |",
+            "|---|---|---|---|"]
+    for item in all_entries():
+        rows.append(f"| `{item.name}` | {item.licence} | {item.base} | {item.commercial} |")
+    return "\n".join(rows)

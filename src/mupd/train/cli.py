@@ -38,7 +38,6 @@ def register(subparsers) -> None:
     demo.add_argument("--image-size", type=int, default=64, help="patch size in pixels (PCam's 96 px are resized), default 64")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--eval-samples", type=int, default=None, help="generated patches for FID/KID (default ~26 per minute, max 128)")
-    demo.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores not already busy)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=run_demo)
 
