@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import mupd.pipelines as pipelines
-from mupd.pipelines import GeneratePipeline, Pipeline, PipelineBase, StainPipeline, TranslatePipeline, VaryPipeline
+from mupd.pipelines import Pipeline
 from mupd.pipelines.inputs import image_to_tensor
 
 PACKAGE = Path(pipelines.__file__).parent
@@ -60,6 +60,8 @@ def patch(sample_data):
 
 
 def test_each_task_pipeline_loads_the_folder_and_matches_pipeline(gen, generate_dir, stain_dir, patch):
+    from mupd.pipelines import GeneratePipeline, PipelineBase, StainPipeline, TranslatePipeline, VaryPipeline
+
     generator = GeneratePipeline.from_pretrained(generate_dir, device="cpu")
     assert type(generator) is GeneratePipeline and isinstance(generator, PipelineBase)
     assert not hasattr(generator, "stain")  # one task per class

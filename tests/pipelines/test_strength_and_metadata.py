@@ -10,7 +10,6 @@ from PIL import Image
 
 from mupd.errors import MupdError
 from mupd.pipelines import Pipeline
-from mupd.pipelines.sdedit import SDE_T_END, partial_steps
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +29,7 @@ def patch(sample_data):
 
 def test_the_sde_threshold_is_the_samplers_own():
     from mupd.flow import sample
+    from mupd.pipelines.sdedit import SDE_T_END
 
     assert inspect.signature(sample).parameters["t_end"].default == SDE_T_END
 
@@ -54,6 +54,8 @@ def test_small_strengths_run_with_every_sampler(gen, patch):
     keep = gen.vary(patch, strength=0.0, use_reference=False, steps=20, seed=0, output_type="np")
     assert tiny.parameters[0]["mupd:steps_run"] == 1
     assert np.abs(tiny.images - keep.images).mean() < 0.02
+    from mupd.pipelines.sdedit import partial_steps
+
     assert [partial_steps(s, 10, "heun") for s in (0.0, 0.01, 0.5, 1.0)] == [0, 1, 5, 10]
 
 
