@@ -36,7 +36,10 @@ class MuPDConfig:
     per entry, ``token_i = x_i * e_i + b_i``. ``repa_block``: 1-based index of the block whose output
     tokens are returned as ``extras["hidden"]`` (REPA). ``cls_dim``: width of a REG-style encoder CLS
     vector denoised alongside the image. ``time_scale``: the network sees ``t * time_scale`` (1000
-    gives DiT's timestep range). ``timestep_freq_shift``: 0 = DiT/SiT sinusoid, 1 = diffusers' DiT.
+    gives DiT's timestep range; SiT/REPA weights use 1). ``timestep_freq_shift``: 0 = DiT/SiT
+    sinusoid, 1 = diffusers' DiT. ``time_reversed``: the network runs SiT's time (data at 1): it sees
+    ``1 - t`` and predicts ``data - noise``, which ``forward`` negates, so callers always get mupd's
+    velocity (``noise - data``, t = 1 noise); set by converting SiT weights (``convention="sit"``).
     """
 
     input_size: int = 32
@@ -57,6 +60,7 @@ class MuPDConfig:
     grad_checkpointing: bool = False
     time_scale: float = 1000.0
     timestep_freq_shift: float = 0.0
+    time_reversed: bool = False
 
     def __post_init__(self):
         self.modalities = tuple(self.modalities)

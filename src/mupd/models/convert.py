@@ -10,12 +10,21 @@ Two key layouts are understood:
 
 What maps and what is dropped:
 
-* **Time.** mupd takes t in [0, 1] with t = 1 noise and feeds ``t * config.time_scale`` to the
-  sinusoid; with ``time_scale=1000`` a DiT timestep ``k`` (0..999, 999 = noise) is mupd's ``t = k/1000``.
-  DiT/SiT use the sinusoid with ``timestep_freq_shift=0``; diffusers' DiT uses
-  ``downscale_freq_shift=1`` (build the model with ``timestep_freq_shift=1``, e.g. through
-  :func:`config_from_diffusers`). Note that DiT was trained as a DDPM (epsilon/sigma prediction,
-  t = 0 data), SiT with t = 1 data: the weights load exactly, their *meaning* is what it was.
+* **Time and velocity: the checkpoint's convention** (``CONVENTIONS``; build the model with
+  :func:`convention_config` and pass the same ``convention`` to :func:`load_dit_weights`). mupd takes
+  t in [0, 1] with t = 1 noise, ``x_t = (1 - t) x0 + t eps`` and velocity ``eps - x0``.
+
+  - ``"dit"`` (facebookresearch DiT, diffusers): timesteps ``k`` in 0..999 (999 = noise), so
+    ``time_scale=1000`` and mupd's ``t = k/1000``. DiT was trained as a DDPM (epsilon/sigma
+    prediction): the weights load exactly, their *meaning* is what it was.
+  - ``"sit"`` (willisma/SiT, linear path): t in [0, 1] unscaled with **data at t = 1**
+    (``x_t = t x1 + (1 - t) eps``) and the model predicts ``x1 - eps``. So ``time_scale=1`` and
+    ``time_reversed=True``: the network sees ``1 - t`` and its output is negated.
+  - ``"repa"`` (sihyun-yu/REPA, linear path): t in [0, 1] unscaled, ``x_t = (1 - t) x + t eps``,
+    target ``eps - x``: mupd's own direction, so ``time_scale=1`` only.
+
+  DiT/SiT/REPA use the sinusoid with ``timestep_freq_shift=0``; diffusers' DiT uses
+  ``downscale_freq_shift=1`` (``timestep_freq_shift=1``, e.g. through :func:`config_from_diffusers`).
 * **Class label.** DiT adds a class embedding to the time embedding. mupd has no class table: pass
   ``class_label=k`` to fold row k (e.g. the null class 1000 for an unconditional model) into the
   time MLP's output bias, which is exact; with ``class_label=None`` the class embedding is dropped.
@@ -41,6 +50,21 @@ from ..errors import MupdError
 from .config import MuPDConfig
 
 LAYOUTS = ("dit", "diffusers")
+# checkpoint convention -> the MuPDConfig time fields that reproduce it (see the module docstring)
+CONVENTIONS = {
+    "dit": {"time_scale": 1000.0, "time_reversed": False},
+    "sit": {"time_scale": 1.0, "time_reversed": True},
+    "repa": {"time_scale": 1.0, "time_reversed": False},
+}
+
+
+def convention_config(convention: str, layout: str = "dit") -> dict:
+    """MuPDConfig overrides (time scale, direction, sinusoid shift) for a checkpoint's convention."""
+    if convention not in CONVENTIONS:
+        raise MupdError(f"convention must be one of {sorted(CONVENTIONS)}, not {convention!r}")
+    if layout == "diffusers" and convention != "dit":
+        raise MupdError(f"a diffusers-layout checkpoint is a DiT (convention 'dit'), not {convention!r}")
+    return {**CONVENTIONS[convention], "timestep_freq_shift": 1.0 if layout == "diffusers" else 0.0}
 
 
 def config_from_diffusers(config: dict, **overrides) -> MuPDConfig:
@@ -151,24 +175,31 @@ def load_dit_weights(
     *,
     class_label: int | None = None,
     strict_time_embedding: bool = True,
+    convention: str = "dit",
 ) -> dict[str, list[str]]:
-    """Copy a DiT/SiT backbone into ``model`` (a :class:`~mupd.models.mupd.MuPD`) in place.
+    """Copy a DiT/SiT/REPA backbone into ``model`` (a :class:`~mupd.models.mupd.MuPD`) in place.
 
-    Returns ``{"loaded": mupd keys written, "dropped": checkpoint keys not used, "kept": mupd keys
-    left at their initial values}``. See the module docstring for the t mapping and what is dropped.
+    ``convention`` (``"dit"``, ``"sit"``, ``"repa"``) says how the checkpoint was trained; the model
+    must have been built with :func:`convention_config` of it (checked). Returns ``{"loaded": mupd
+    keys written, "dropped": checkpoint keys not used, "kept": mupd keys left at their initial
+    values}``. See the module docstring for the time/velocity mapping and what is dropped.
     """
     cfg = model.config
     if layout not in LAYOUTS:
         raise MupdError(f"layout must be one of {LAYOUTS}, not {layout!r}")
-    want_shift = 1.0 if layout == "diffusers" else 0.0
-    if strict_time_embedding and (cfg.timestep_freq_shift != want_shift or cfg.time_scale != 1000.0):
+    want = convention_config(convention, layout)
+    have = {k: getattr(cfg, k) for k in want}
+    if strict_time_embedding and have != want:
         raise MupdError(
-            f"a {layout!r} checkpoint needs time_scale=1000 and timestep_freq_shift={want_shift:g} in the MuPD config "
-            f"(it has {cfg.time_scale:g} and {cfg.timestep_freq_shift:g}); rebuild the model with those values"
+            f"a {convention!r} checkpoint in the {layout!r} layout needs {want} in the MuPD config (it has {have}); "
+            "rebuild the model with mupd.models.convert.convention_config(convention, layout)"
         )
     state = {k.removeprefix("module."): v for k, v in state_dict.items()}
     if "state_dict" in state or "ema" in state:
         raise MupdError("pass the model's state dict itself (e.g. checkpoint['ema'] for DiT/SiT training checkpoints)")
+    normed = sorted(k for k in state if re.search(r"\.attn\.(q_norm|k_norm)\.", k))
+    if normed:
+        raise MupdError(f"the checkpoint uses QK-norm ({normed[0]}, REPA qk_norm=True); mupd's attention has none, so it cannot load it")
     source = _diffusers_to_dit(state) if layout == "diffusers" else dict(state)
     original_keys = set(state)
 

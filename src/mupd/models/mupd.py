@@ -222,7 +222,7 @@ class MuPD(nn.Module):
             raise MupdError(f"latent size {H}x{W} is not divisible by the patch size {p}")
         t = self._timesteps(t, B, x.device)
         h = self.x_embedder(x) + self._pos_embed(H // p, W // p, x.device).to(x.dtype)
-        c = self.t_embedder(t)
+        c = self.t_embedder(1.0 - t if cfg.time_reversed else t)  # SiT weights: data at their t = 1
         if isinstance(conditions, PreparedConditions):
             if conditions.batch_size != B:
                 raise MupdError(f"prepared conditions are for batch size {conditions.batch_size}, the latents have {B}")
@@ -251,6 +251,8 @@ class MuPD(nn.Module):
             extras["cls_v"] = self.cls_head.out(self.cls_head.norm(h[:, N]))
             h = h[:, :N]
         out = self.unpatchify(self.final_layer(h, c), H // p, W // p)
+        if cfg.time_reversed:  # SiT predicts data - noise; mupd's velocity is noise - data
+            out = -out
         return (out, extras) if return_extras else out
 
     def unpatchify(self, x: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:

@@ -56,8 +56,8 @@ Schema (YAML; every key optional, defaults shown by ``mupd train --preset tiny -
     intervals: {log: 1000, preview: 50000, checkpoint: 50000}   # in images; 0 = never
     preview: {method: heun, steps: 20, guidance: 2.0, per_condition: 4}
     finetune:
-      init_from: null          # a pipeline/checkpoint folder, or DiT/SiT weights (format: dit)
-      format: mupd             # mupd | dit
+      init_from: null          # a pipeline/checkpoint folder, or DiT/SiT/REPA weights
+      format: mupd             # mupd | dit | sit | repa (time/velocity convention of the weights)
       use_ema: true
       extra_in_channels: 0     # add zero-initialised input channels (source latents)
       add_modalities: []       # new streams (zero-init gates keep the function)
@@ -263,7 +263,8 @@ class TrainConfig:
         check(self.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         check(self.parallel in ("ddp", "fsdp"), f"parallel must be ddp or fsdp, got {self.parallel!r}")
         check(self.data.source in ("folder", "shards"), f"data.source must be folder or shards, got {self.data.source!r}")
-        check(self.finetune.format in ("mupd", "dit"), f"finetune.format must be mupd or dit, got {self.finetune.format!r}")
+        check(self.finetune.format in ("mupd", "dit", "sit", "repa"),
+              f"finetune.format must be mupd, dit, sit or repa (the checkpoint's time convention), got {self.finetune.format!r}")
         check(self.total_images > 0, "total_images must be positive (it counts images, not steps)")
         rna = self.conditions.get("rna")
         if rna is not None and rna.field == "caption":  # the field default is text's; RNA comes from shards

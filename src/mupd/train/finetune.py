@@ -1,7 +1,8 @@
 """Build the model to train: fresh from a size preset, or a fine-tune of an existing model.
 
 A fine-tune starts from a pipeline/checkpoint folder (``finetune.format: mupd``; EMA weights by
-default) or converted DiT/SiT weights (``format: dit``, via ``mupd.models.convert``). It may add
+default) or converted weights (``format: dit | sit | repa``, the checkpoint's time/velocity
+convention, via ``mupd.models.convert``). It may add
 input channels (source latents for translation; their patch-embedding weights are zero, so the
 fine-tune starts as exactly the source model's function) and new condition streams (their
 adaLN gates start at zero, so they contribute nothing until trained), and freeze parameters by
@@ -45,8 +46,8 @@ def load_source(cfg, latent_shape: tuple[int, int, int] | None = None):
     checkpoints carry no config (the preset ``cfg.model.preset`` gives width, depth and heads)."""
     ft = cfg.finetune
     path = Path(ft.init_from)
-    if ft.format == "dit":
-        return _load_dit(path, cfg.model.preset, cfg.model.overrides, latent_shape)
+    if ft.format in ("dit", "sit", "repa"):
+        return _load_dit(path, cfg.model.preset, cfg.model.overrides, latent_shape, convention=ft.format)
     from ..models.mupd import MuPD
 
     folder = path / "model" if (path / "model" / "config.json").exists() else path
@@ -55,8 +56,8 @@ def load_source(cfg, latent_shape: tuple[int, int, int] | None = None):
     return MuPD.from_pretrained(folder, use_ema=ft.use_ema)
 
 
-def _load_dit(path: Path, preset: str, overrides: dict, latent_shape: tuple[int, int, int] | None):
-    from ..models.convert import load_dit_weights, read_dit_checkpoint
+def _load_dit(path: Path, preset: str, overrides: dict, latent_shape: tuple[int, int, int] | None, convention: str = "dit"):
+    from ..models.convert import convention_config, load_dit_weights, read_dit_checkpoint
     from ..models.mupd import MuPD
 
     state = read_dit_checkpoint(path)
@@ -64,10 +65,9 @@ def _load_dit(path: Path, preset: str, overrides: dict, latent_shape: tuple[int,
     sizes = dict(overrides)
     if latent_shape is not None:
         sizes.update(in_channels=int(latent_shape[0]), input_size=int(latent_shape[1]))
-    # DiT/SiT take timesteps in [0, 1000); diffusers' sinusoid differs from DiT's by a frequency shift.
-    model = MuPD.from_preset(preset, modalities=(), time_scale=1000.0,
-                             timestep_freq_shift=1.0 if layout == "diffusers" else 0.0, **sizes)
-    load_dit_weights(model, state, layout)
+    # DiT: timesteps in [0, 1000); SiT/REPA: t in [0, 1], SiT with data at t = 1 (convert.py docstring)
+    model = MuPD.from_preset(preset, modalities=(), **convention_config(convention, layout), **sizes)
+    load_dit_weights(model, state, layout, convention=convention)
     return model
 
 
