@@ -1,0 +1,161 @@
+"""``mupd impute train | predict | evaluate``: histology -> expression.
+
+    mupd impute train --method aligned-ridge --sections B4 C2 C3 C4 --out runs/impute/ridge
+    mupd impute predict runs/impute/ridge --sections C5 --out c5.h5ad --maps ERBB2 --report runs/impute/c5
+    mupd impute evaluate --protocol her2st-loso --out loso.json
+"""
+
+from __future__ import annotations
+
+import json
+
+METHOD_NAMES = ("mean", "pixels-ridge", "untrained-ridge", "aligned-ridge", "aligned-retrieval", "finetuned")  # = runner.METHODS
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("impute", help="predict expression from H&E (spot level) under named protocols")
+    sub = parser.add_subparsers(dest="impute_command", metavar="ACTION")
+    train = sub.add_parser("train", help="fit a spot-level model on her2st sections and save it")
+    train.add_argument("--method", default="aligned-ridge", choices=METHOD_NAMES)
+    train.add_argument("--data", help="her2st folder (default: the sample data's her2st/)")
+    train.add_argument("--sections", nargs="+", help="training sections (default: every section with an image)")
+    train.add_argument("--genes", type=int, default=250, help="panel size: top-k genes of the training spots")
+    train.add_argument("--gene-rule", default="variance", choices=("variance", "mean"))
+    train.add_argument("--align-samples", type=int, default=2048, help="contrastive pairs for the aligned towers")
+    train.add_argument("--epochs", type=int, default=3, help="finetuned: epochs")
+    train.add_argument("--out", required=True, help="model folder to write")
+    train.set_defaults(func=run_train)
+    predict = sub.add_parser("predict", help="predict a section (or an AnnData/Visium file) -> .h5ad, maps, report")
+    predict.add_argument("model", help="a folder written by 'mupd impute train'")
+    predict.add_argument("--data", help="her2st folder (default: the sample data's her2st/)")
+    predict.add_argument("--sections", nargs="+", help="her2st sections to predict")
+    predict.add_argument("--h5ad", help="predict the spots of this AnnData/Visium file instead of her2st sections")
+    predict.add_argument("--image", help="with --h5ad: the H&E image its obsm['spatial'] refers to")
+    predict.add_argument("--out", required=True, help="output .h5ad")
+    predict.add_argument("--maps", nargs="*", default=[], metavar="GENE", help="genes to map (default: the 3 best on this data)")
+    predict.add_argument("--report", metavar="DIR", help="write maps.png and report.html here")
+    predict.set_defaults(func=run_predict)
+    evaluate = sub.add_parser("evaluate", help="run every method and baseline under a named protocol -> JSON")
+    evaluate.add_argument("--protocol", required=True, help="her2st-loso or her2st-lopo")
+    evaluate.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=METHOD_NAMES)
+    evaluate.add_argument("--data", help="her2st folder (default: the sample data's her2st/)")
+    evaluate.add_argument("--genes", type=int, default=250)
+    evaluate.add_argument("--gene-rule", default="variance", choices=("variance", "mean"))
+    evaluate.add_argument("--align-samples", type=int, default=2048)
+    evaluate.add_argument("--epochs", type=int, default=3)
+    evaluate.add_argument("--out", required=True, help="result JSON")
+    evaluate.set_defaults(func=run_evaluate)
+    parser.set_defaults(func=lambda args: (parser.print_help(), 1)[1])
+
+
+def _settings(args):
+    from .runner import RunSettings
+
+    return RunSettings(align_samples=args.align_samples, finetune_epochs=args.epochs)
+
+
+def run_train(args) -> int:
+    from ..errors import require
+    from .model import SpotModel
+    from .spots import check_sections, her2st_root, load_her2st_spots
+
+    require(args.genes >= 1, f"--genes must be >= 1, got {args.genes}")
+    root = her2st_root(args.data)
+    sections = check_sections(root, args.sections)
+    settings = _settings(args)
+    table = load_her2st_spots(root, sections, settings.image_size)
+    model = SpotModel.fit(args.method, table, n_genes=args.genes, gene_rule=args.gene_rule, settings=settings, progress=True)
+    model.save(args.out)
+    print(f"wrote {args.out}: {args.method} on {len(table)} spots of {sections}, {len(model.genes)} genes "
+          f"{json.dumps(model.config.get('readout', {}), default=str)[:200]}")
+    return 0
+
+
+def _check_predict_args(args):
+    """Everything checkable from files and names, before any model weights load."""
+    from pathlib import Path
+
+    from ..checkpoint import read_json
+    from ..errors import require
+    from .model import FORMAT
+
+    require(Path(args.model).is_dir(), f"imputation model folder {args.model} does not exist; create one with 'mupd impute train'")
+    config = read_json(Path(args.model) / "impute_config.json")
+    require(config.get("format") == FORMAT, f"{args.model}/impute_config.json is not a mupd imputation model")
+    require(str(args.out).endswith(".h5ad"), f"--out must name a .h5ad file, not {args.out}")
+    unknown = [g for g in args.maps if g not in set(config["genes"])]
+    require(not unknown, f"--maps genes {unknown} are not in the model's {len(config['genes'])}-gene panel "
+                         f"(e.g. {config['genes'][:6]}); see {args.model}/impute_config.json")
+    require(not (args.h5ad and args.sections), "give either --sections (her2st) or --h5ad, not both")
+    require(args.h5ad is None or Path(args.h5ad).exists(), f"--h5ad {args.h5ad} does not exist")
+    return config
+
+
+def run_predict(args) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from . import protocols
+    from .anndata_io import write_predictions
+    from .model import SpotModel
+    from .report import html_report, spatial_maps
+    from .spots import check_sections, her2st_root, load_anndata_spots, load_her2st_spots
+
+    config = _check_predict_args(args)
+    if args.h5ad:
+        table = load_anndata_spots(args.h5ad, args.image, config["image_size"])
+    else:
+        root = her2st_root(args.data)
+        table = load_her2st_spots(root, check_sections(root, args.sections), config["image_size"], config.get("crop_px") or 224)
+    seen = sorted(set(table.section) & set(config["train_sections"]))
+    if seen:
+        print(f"note: sections {seen} were used for training; these predictions are not held-out")
+    model = SpotModel.load(args.model)
+    predicted = model.predict(table.images)
+    measured = None
+    if table.meta.get("values") == "raw counts":
+        present = set(table.genes)
+        if all(g in present for g in model.genes):
+            measured = protocols.normalised_panel(table.counts, table.genes, model.genes, sample_ids=table.ids)
+    info = {k: v for k, v in config.items() if k != "genes"}
+    info.update(model=str(args.model), held_out=not seen)
+    write_predictions(args.out, predicted, model.genes, table.ids, table.section, table.coords, model_info=info,
+                      measured=measured, protocol={"gene_selection": config.get("gene_selection"),
+                                                   "train_sections": config["train_sections"]})
+    print(f"wrote {args.out}: {len(table)} spots x {len(model.genes)} genes")
+    if args.report:
+        show = list(args.maps)
+        if not show and measured is not None:
+            from .evaluate import gene_metrics
+
+            show = [model.genes[k] for k in np.argsort(-gene_metrics(measured, predicted)["pearson"])[:3]]
+        show = show or list(model.genes[:3])
+        folder = Path(args.report)
+        png = spatial_maps(folder / "maps.png", table.coords, predicted, model.genes, show, measured=measured,
+                           title=f"{config['method']} trained on {config['train_sections']}, shown: {sorted(set(table.section))}")
+        html_report(folder / "report.html", png, model_info=info, predicted=predicted, genes=model.genes, measured=measured)
+        print(f"wrote {png} and {folder / 'report.html'}")
+    return 0
+
+
+def run_evaluate(args) -> int:
+    from pathlib import Path
+
+    from ..checkpoint import write_json
+    from . import protocols, runner
+    from .spots import her2st_root
+
+    protocol = protocols.get(args.protocol, n_genes=args.genes, gene_rule=args.gene_rule)
+    root = her2st_root(args.data)
+    protocols.check_data(protocol, root)
+    settings = _settings(args)
+    table = runner.load_table(protocol, root, settings.image_size)
+    result = runner.run_protocol(protocol, table, methods=args.methods, settings=settings)
+    write_json(Path(args.out), result)
+    for method, entry in result["methods"].items():
+        s = entry["summary"]
+        print(f"{method:<18} pearson {s['mean_pearson']['mean']:.3f} ± {s['mean_pearson']['std']:.3f}  "
+              f"r>0 {s['fraction_r_positive']['mean']:.2f}  mse {s['mean_mse']['mean']:.3f}")
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,138 @@
+"""Run every spot-level method and baseline under a named protocol, fold by fold, in one process.
+
+Methods (names used in results and on the command line):
+
+* ``mean``               training-mean predictor (baseline; every r is undefined, counted as 0)
+* ``pixels-ridge``       raw pixels (16x16 RGB) -> PCA -> ridge (baseline)
+* ``untrained-ridge``    the aligned tower's CNN class, random weights -> PCA -> ridge (baseline)
+* ``aligned-ridge``      (a) frozen features of the fold's aligned image tower -> PCA -> ridge
+* ``aligned-retrieval``  (c) BLEEP-style: nearest training spots in the aligned image<->RNA space
+* ``finetuned``          (b) the fold's aligned image tower trained end to end with a regression head
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import require
+from . import evaluate, protocols
+from .features import encoder_features, pixel_features, untrained_encoder
+from .ridge import RidgeReadout
+
+METHODS = ("mean", "pixels-ridge", "untrained-ridge", "aligned-ridge", "aligned-retrieval", "finetuned")
+NEEDS_ALIGNMENT = {"aligned-ridge", "aligned-retrieval", "finetuned"}
+
+
+@dataclass
+class RunSettings:
+    image_size: int = 64  # crops (224 px full resolution) are resized to this side for every model
+    align_samples: int = 2048  # contrastive pairs seen by each fold's alignment
+    finetune_epochs: int = 3
+    retrieval_k: int = 50
+    n_components: int = 64
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def load_table(protocol: protocols.Protocol, root, image_size: int, max_spots: int | None = None):
+    """The protocol's spots; spots with zero total counts are dropped (log1p-CPM is undefined) and reported."""
+    from ..data.spatial import load_her2st
+
+    protocols.check_data(protocol, root)
+    table = load_her2st(root, protocol.sections, crop=protocol.crop_px, size=image_size, max_spots=max_spots)
+    from .spots import drop_empty, refuse_outside
+
+    refuse_outside(table, f"her2st {root}")
+    return drop_empty(table)
+
+
+def run_protocol(protocol: protocols.Protocol, table, methods=METHODS, settings: RunSettings | None = None,
+                 progress: bool = True) -> dict:
+    """Every method on every fold; returns the result dict (protocol resolved, per-fold, summary)."""
+    from tqdm.auto import tqdm
+
+    settings = settings or RunSettings()
+    unknown = [m for m in methods if m not in METHODS]
+    require(not unknown, f"unknown imputation method(s) {unknown}; known: {list(METHODS)}")
+    start = time.perf_counter()
+    folds = protocols.make_folds(protocol, table.section)
+    cache = {}
+    per_method = {m: [] for m in methods}
+    timings = {m: 0.0 for m in methods}
+    timings["alignment"] = 0.0
+    for fold in tqdm(folds, desc=f"impute {protocol.name}", unit="fold", disable=not progress):
+        outcome = run_fold(protocol, table, fold, methods, settings, cache, timings)
+        for m in methods:
+            per_method[m].append(outcome[m])
+    return {
+        "protocol": protocol.to_dict(), "settings": settings.to_dict(),
+        "data": {"n_spots": len(table), "sections": sorted(set(table.section)),
+                 "spots_per_section": {s: int(table.section.count(s)) for s in sorted(set(table.section))},
+                 "skipped": table.skipped, "n_genes_in_table": len(table.genes)},
+        "folds": [{"name": f.name, "train_groups": f.train_groups, "test_groups": f.test_groups,
+                   "n_train": int(len(f.train)), "n_test": int(len(f.test))} for f in folds],
+        "methods": {m: {"summary": evaluate.across_folds(per_method[m]), "folds": per_method[m],
+                        "top_genes": evaluate.top_genes(per_method[m])} for m in methods},
+        "seconds": {**{k: round(v, 2) for k, v in timings.items()}, "total": round(time.perf_counter() - start, 2)},
+    }
+
+
+def run_fold(protocol, table, fold, methods, settings: RunSettings, cache: dict, timings: dict) -> dict:
+    train, test = fold.train, fold.test
+    panel = protocols.select_genes(table.counts[train], table.genes, protocol.n_genes, protocol.gene_rule, protocol.normalisation)
+    y_train = protocols.normalised_panel(table.counts[train], table.genes, panel, protocol.normalisation)
+    y_test = protocols.normalised_panel(table.counts[test], table.genes, panel, protocol.normalisation)
+    groups = np.asarray(table.section)[train]
+    model = None
+    if NEEDS_ALIGNMENT & set(methods):
+        t0 = time.perf_counter()
+        from .aligned import train_fold_alignment
+
+        model = train_fold_alignment(table.images[train], table.counts[train], table.genes, groups,
+                                     n_genes=protocol.n_genes, total_samples=settings.align_samples, seed=settings.seed)
+        timings["alignment"] += time.perf_counter() - t0
+    out = {}
+    for m in methods:
+        t0 = time.perf_counter()
+        pred, info = predict_method(m, table, train, test, y_train, groups, model, settings, cache)
+        timings[m] += time.perf_counter() - t0
+        summary = evaluate.fold_summary(evaluate.gene_metrics(y_test, pred), panel)
+        out[m] = {"fold": fold.name, "n_train": int(len(train)), "n_test": int(len(test)), **info, **summary}
+    return out
+
+
+def predict_method(method, table, train, test, y_train, groups, model, settings: RunSettings, cache: dict):
+    """(prediction for the test spots, resolved hyper-parameters) for one method on one fold."""
+    if method == "mean":
+        return np.broadcast_to(y_train.mean(0), (len(test), y_train.shape[1])).copy(), {}
+    if method in ("pixels-ridge", "untrained-ridge", "aligned-ridge"):
+        if method == "pixels-ridge":
+            x = cache.setdefault("pixels", pixel_features(table.images))
+            xtr, xte = x[train], x[test]
+        elif method == "untrained-ridge":
+            if "untrained" not in cache:
+                cache["untrained"] = encoder_features(untrained_encoder(table.images.shape[1], settings.seed), table.images)
+            xtr, xte = cache["untrained"][train], cache["untrained"][test]
+        else:
+            tower = model.towers["image"]
+            xtr, xte = encoder_features(tower, table.images[train]), encoder_features(tower, table.images[test])
+        readout = RidgeReadout(n_components=settings.n_components).fit(xtr, y_train, groups)
+        return readout.predict(xte), readout.describe()
+    if method == "aligned-retrieval":
+        from .retrieval import RetrievalIndex, image_embeddings, rna_embeddings
+
+        index = RetrievalIndex(rna_embeddings(model, table.counts[train], table.genes), y_train, settings.retrieval_k)
+        return index.predict(image_embeddings(model, table.images[test])), {"k": index.k, "reference": "training fold spots"}
+    if method == "finetuned":
+        from .finetune import fit_finetuned, predict_finetuned
+
+        net, mean, std, history = fit_finetuned(model.towers["image"], table.images[train], y_train,
+                                                epochs=settings.finetune_epochs, seed=settings.seed)
+        return predict_finetuned(net, mean, std, table.images[test]), {"epochs": settings.finetune_epochs,
+                                                                       "train_loss": [round(v, 4) for v in history]}
+    raise AssertionError(method)
