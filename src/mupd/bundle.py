@@ -62,19 +62,15 @@ def licence_facts(modality: str, name: str) -> dict:
     """The registry's licence facts for an encoder (what a user agrees to by loading the folder)."""
     from .encoders import registry
 
-    facts = getattr(registry, "licence_facts", None)  # a richer registry function, when present
-    if callable(facts):
-        try:
-            return dict(facts(modality, name))
-        except TypeError:
-            pass
     try:
-        entry = registry.entry(modality, name)
-    except MupdError:
-        return {"licence": "unknown (not in this mupd's registry)", "commercial": False}
-    out = {"licence": entry.licence, "commercial": bool(entry.commercial), "source": entry.source}
-    out.update({k: v for k, v in entry.meta.items() if k in ("note", "gated")})
-    return out
+        return dict(registry.licence_facts(modality, name))
+    except MupdError:  # an encoder registered by a plugin that is not imported here
+        return {"name": name, "licence": "unknown (not in this mupd's registry)", "commercial": "check"}
+
+
+def _strictest(answers: list) -> str:
+    order = {"yes": 0, "check": 1, "no": 2}
+    return max((a if a in order else "check" for a in answers), key=order.__getitem__, default="yes")
 
 
 def _jsonable(kwargs: dict) -> dict:
@@ -182,6 +178,8 @@ def save_bundle(
             "mupd_version": __version__,
             "task": "generate",
             "encoders": index_encoders,
+            # the strictest commercial-use answer over the encoders ("no" > "check" > "yes")
+            "licence": {"commercial": _strictest([e["licence"].get("commercial") for e in index_encoders.values()])},
             "source_vae": source_vae is not None,
             **(extra or {}),
         }

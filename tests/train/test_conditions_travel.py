@@ -79,7 +79,8 @@ def test_rna_tokens_and_pixels_survive_save_and_load(trained, her2st, tmp_path):
     index = read_json(folder / "model_index.json")
     entry = index["encoders"]["rna"]
     assert entry["path"] == "encoders/rna" and entry["weights_sha256"] == weights_sha256(trainer.encoders["rna"])
-    assert entry["licence"]["licence"].startswith("Apache-2.0")
+    assert entry["licence"]["licence"].startswith("Apache-2.0") and entry["licence"]["name"] == "pathway-tokens"
+    assert index["licence"]["commercial"] == entry["licence"]["commercial"]
     assert (folder / "gene_vocabulary.json").exists()
 
     # the condition tokens of the reloaded encoder are bit-identical
