@@ -80,13 +80,18 @@ def test_vary_stain_translate(generate_dir, stain_dir, tmp_path, sample_data):
     assert rows(tmp_path / "tr/manifest.csv")[0]["source"] == str(ihc)
 
 
-def test_augment_writes_a_labelled_dataset_and_resumes(generate_dir, tmp_path, sample_data):
+def test_augment_writes_a_labelled_dataset_and_resumes(generate_dir, tmp_path, sample_data, capsys):
     from mupd.data import read_manifest
 
     out = tmp_path / "aug"
     base = ["augment", "--model", str(generate_dir), "--data", str(sample_data / "pcam/valid"), "--limit-real", "2",
-            "--steps", "1", "--guidance", "2", "--out", str(out)]
+            "--steps", "1", "--guidance", "text=2", "--scale", "image=0.5", "--out", str(out)]
     assert main(base + ["--per-class", "2"]) == 0
+    # 96 px PCam references for a 32 px model: one notice per size, and the record says so
+    assert capsys.readouterr().err.count("is 96x96 px; resized to the model's 32x32 px") == 1
+    params = read_params(out / "0/syn-00001.png")
+    assert params["mupd:conditions"]["image"]["resized_from"] == [96, 96]
+    assert params["mupd:guidance"] == {"text": 2.0} and params["mupd:scales"] == {"image": 0.5}
     assert sorted(p.name for p in (out / "0").glob("*.png")) == ["syn-00000.png", "syn-00001.png"]
     table = rows(out / "manifest.csv")
     assert len(table) == 4 and {r["label"] for r in table} == {"0", "1"}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 from pathlib import Path
 
 from PIL import Image
@@ -46,6 +47,7 @@ def augment(pipe, data: str | os.PathLike, out: str | os.PathLike, *, per_class:
     out = Path(out)
     manifest = out / "manifest.csv"
     done = _done_ids(manifest)
+    announced: set = set()  # image sizes whose resizing was announced
     bar = tqdm(total=per_class * len(classes), desc="augment", unit="img", disable=not progress)
     for c_index, (class_name, real) in enumerate(sorted(classes.items())):
         caption = pipe.labels.get(class_name)
@@ -61,7 +63,7 @@ def augment(pipe, data: str | os.PathLike, out: str | os.PathLike, *, per_class:
             ks = todo[start : start + batch_size]
             rows = _generate_chunk(pipe, out, class_name, caption, real, ks, c_index * CLASS_SEED_STRIDE + seed,
                                    steps=steps, sampler=sampler, guidance=guidance, scales=scales,
-                                   strength=strength, use_ref=use_ref)
+                                   strength=strength, use_ref=use_ref, announced=announced)
             append_manifest(manifest, rows)  # after every chunk: an interrupted run resumes here
             bar.update(len(ks))
     bar.close()
@@ -69,8 +71,9 @@ def augment(pipe, data: str | os.PathLike, out: str | os.PathLike, *, per_class:
 
 
 def _generate_chunk(pipe, out: Path, class_name: str, caption, real: list, ks: list[int], class_seed: int, *,
-                    steps, sampler, guidance, scales, strength, use_ref) -> list[dict]:
-    refs = [_fit(pipe, real[k % len(real)].image) for k in ks]
+                    steps, sampler, guidance, scales, strength, use_ref, announced: set) -> list[dict]:
+    fitted = [_fit(pipe, real[k % len(real)].image, announced) for k in ks]
+    refs = [image for image, _ in fitted]
     ref_names = [str(real[k % len(real)].image) for k in ks]
     label = real[0].label
     text_guidance = guidance
@@ -90,8 +93,11 @@ def _generate_chunk(pipe, out: Path, class_name: str, caption, real: list, ks: l
             outputs.append(pipe.generate(text=caption, image=ref if use_ref else None, n=1, steps=steps,
                                          sampler=sampler, guidance=text_guidance, scales=scales, seed=class_seed + k))
     rows = []
-    for k, ref_name, result in zip(ks, ref_names, outputs):
+    for k, ref_name, (_, resized_from), result in zip(ks, ref_names, fitted, outputs):
         rel = f"{class_name}/syn-{k:05d}.png"
+        if use_ref or strength is not None:  # the real image shaped this one: say which, and how it was fitted
+            record = result.parameters[0]["mupd:conditions"].setdefault("image", {})
+            record.update({"source": ref_name, **({"resized_from": resized_from} if resized_from else {})})
         result.save(out / class_name, prefix="syn", start=k, manifest=False)
         row = manifest_row(rel, result.parameters[0], id=rel[:-4], path=rel, label=label, class_name=class_name,
                            caption=caption or "", reference=ref_name if (use_ref or strength is not None) else "")
@@ -105,11 +111,17 @@ def _single(output, i: int):
     return PipelineOutput([output.images[i]], [output.parameters[i]], output.notes)
 
 
-def _fit(pipe, image) -> Image.Image:
-    """A real image as the model's tile (the pipelines' size rule, ``inputs.fit_to_tile``)."""
+def _fit(pipe, image, announced: set) -> tuple[Image.Image, list | None]:
+    """A real image as the model's tile (the pipelines' size rule, ``inputs.fit_to_tile``); the first
+    image of each new size is announced once."""
     from .inputs import fit_to_tile, load_image
 
-    return fit_to_tile(load_image(image, what="real image"), pipe.image_size)[0]
+    fitted, note, resized_from = fit_to_tile(load_image(image, what="real image"), pipe.image_size,
+                                             what="augment: real images like " + str(image))
+    if note and tuple(resized_from) not in announced:
+        announced.add(tuple(resized_from))
+        tqdm.write(note, file=sys.stderr)
+    return fitted, resized_from
 
 
 def _done_ids(manifest: Path) -> set[str]:

@@ -17,6 +17,8 @@ def parse_guidance(text):
 
     if text is None:
         return None
+    if isinstance(text, dict):  # a JSONL batch row may hold {"text": 3, "rna": 2}
+        return _per_modality([f"{k}={v}" for k, v in text.items()], "guidance", "text=3,rna=2")
     parts = [str(text)] if isinstance(text, (str, int, float)) else [str(t) for t in text]
     if len(parts) == 1 and "=" not in parts[0]:
         try:

@@ -2,7 +2,9 @@
 
 Keys (values are JSON text): ``mupd:model`` (folder + config hash), ``mupd:conditions`` (text
 verbatim, RNA/images by hash), ``mupd:seed``, ``mupd:sampler``, ``mupd:steps``, ``mupd:guidance``,
-plus optional extras (``mupd:strength``, ``mupd:task``, ...). Files are written atomically.
+plus optional extras (``mupd:task``, ``mupd:scales`` (lambda_m per modality), ``mupd:strength``,
+``mupd:steps_run`` (steps of a partial SDEdit path), ``mupd:guidance_interval``, ...). Only what was
+applied is recorded (a read-out, which cannot apply guidance, refuses it). Files are written atomically.
 """
 
 from __future__ import annotations

@@ -93,6 +93,11 @@ def model_facts(path: str | os.PathLike) -> ModelFacts:
     require(index.get("format") == "mupd-pipeline",
             f"{folder / 'model_index.json'} is not a mupd pipeline index (format={index.get('format')!r})")
     config = _json(folder / "model" / "config.json", "the model's config")
+    for modality, spec in (index.get("encoders") or {}).items():
+        reference = str((spec or {}).get("reference") or "")
+        require(not reference or reference.startswith("hf-hub:") or Path(reference).exists(),
+                f"{folder / 'model_index.json'}: the {modality} encoder's weights at {reference} do not exist; "
+                f"restore them or point encoders.{modality}.reference at them")
     genes = None
     if (folder / "gene_vocabulary.json").exists():
         genes = [str(g) for g in _json(folder / "gene_vocabulary.json", "the gene vocabulary").get("genes") or []]

@@ -6,7 +6,8 @@ Two knobs, usable together:
   encoded by the model's image encoder and conditions every sample — new tissue with the
   reference's morphology, any layout;
 * ``strength`` < 1 (SDEdit): the reference is encoded by the autoencoder, noised to t = strength
-  and integrated back — the same layout, redrawn detail. Needs the model's tile size.
+  and integrated back — the same layout, redrawn detail. An image of another size is centre-cropped
+  to a square and resized to the model's tile, with a one-line notice (``resized_from`` is recorded).
 """
 
 from __future__ import annotations
