@@ -1,4 +1,5 @@
-"""LatentAutoencoder: a thin layer over diffusers.AutoencoderKL with stored latent statistics."""
+"""LatentAutoencoder: a thin layer over diffusers.AutoencoderKL (or a TAESD-family tiny
+autoencoder, see test_taesd.py) with stored latent statistics."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def test_save_load_round_trip_and_damaged_folders(pcam_batch, tmp_path):
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(MupdError, match="could not be loaded"):
         LatentAutoencoder.from_pretrained(tmp_path / "vae")
-    with pytest.raises(MupdError, match="neither a local folder nor a hub id"):
+    with pytest.raises(MupdError, match="nothing does not exist"):
         LatentAutoencoder.from_pretrained(str(tmp_path / "nothing"))
     with pytest.raises(MupdError, match="multiple of 2"):
         ae.encode(pcam_batch[:, :, :63, :63])

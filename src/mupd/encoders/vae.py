@@ -1,4 +1,6 @@
-"""The latent autoencoder: ``diffusers.AutoencoderKL`` plus per-channel latent statistics.
+"""The latent autoencoder: ``diffusers.AutoencoderKL``, or a TAESD-family tiny autoencoder
+(``mupd.encoders.taesd``: diffusers' ``AutoencoderTiny``, or the 32-channel TAEF2), plus
+per-channel latent statistics. ``kind`` says which: "kl", "taesd" or "taef2".
 
 ``encode`` returns *standardised* latents ``(z - mean) / std`` (per channel, statistics computed
 on data with ``fit_latent_stats`` and stored in ``latent_stats.json``); ``decode`` inverts it and
@@ -7,12 +9,15 @@ Stable Diffusion convention), so a pretrained SD-VAE works out of the box.
 
 Folder layout (``save_pretrained`` / ``from_pretrained``)::
 
-    DIR/config.json                              diffusers' AutoencoderKL config
-    DIR/diffusion_pytorch_model.safetensors      diffusers' weights
-    DIR/latent_stats.json                        {"format": "mupd-latent-stats", "mean": [...], "std": [...], ...}
+    DIR/config.json                              diffusers' config (_class_name AutoencoderKL / AutoencoderTiny),
+                                                 or {"_class_name": "TAEF2", ...}
+    DIR/diffusion_pytorch_model.safetensors      diffusers' weights (TAEF2: taef2_encoder/decoder.safetensors)
+    DIR/latent_stats.json                        {"format": "mupd-latent-stats", "kind": ..., "mean": [...], "std": [...]}
 
-``from_pretrained`` also accepts a Stable Diffusion pipeline folder (uses its ``vae/``) and, only
-when the user names one, a Hugging Face hub id (``stabilityai/sd-vae-ft-ema``); tests never do.
+``from_pretrained`` is offline by construction: it takes such a folder, a Stable Diffusion pipeline
+folder (uses its ``vae/``), the TAEF2 folder as shipped (two safetensors files, no config), or the
+name ``taef2`` (found by ``mupd.encoders.taesd.find_taef2``). A path that does not exist is an
+error naming it. The Hugging Face hub is used only when the user writes ``hub:ORG/NAME``.
 """
 
 from __future__ import annotations
@@ -43,11 +48,16 @@ class LatentAutoencoder(nn.Module):
         require(bool((std > 0).all()), "latent std must be positive in every channel")
         self.register_buffer("latent_mean", mean.float(), persistent=False)
         self.register_buffer("latent_std", std.float(), persistent=False)
-        self.meta = dict(meta or {})
+        self.meta = {k: v for k, v in (meta or {}).items() if k != "kind"}
         self.requires_grad_(False)
         self.eval()
 
     # ---- shape facts ---------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        """"kl" (diffusers AutoencoderKL), "taesd" (diffusers AutoencoderTiny) or "taef2"."""
+        return getattr(self.vae, "kind", "kl")
+
     @property
     def latent_channels(self) -> int:
         return int(self.vae.config.latent_channels)
@@ -58,6 +68,8 @@ class LatentAutoencoder(nn.Module):
 
     @property
     def downsample(self) -> int:
+        if self.kind != "kl":
+            return int(self.vae.downsample)
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     def latent_shape(self, image_size: int) -> tuple[int, int, int]:
@@ -94,47 +106,65 @@ class LatentAutoencoder(nn.Module):
         return cls(vae, std=torch.ones(latent_channels))
 
     @classmethod
+    def taef2(cls, folder: str | os.PathLike | None = None, *, device: str | torch.device = "cpu") -> "LatentAutoencoder":
+        """The pretrained TAEF2 (32 latent channels, 8x down, MIT) from ``folder`` or the offline models folder."""
+        from .taesd import find_taef2
+
+        return cls.from_pretrained(folder or find_taef2(), device=device)
+
+    @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, *, device: str | torch.device = "cpu",
                         allow_download: bool = True) -> "LatentAutoencoder":
-        from diffusers import AutoencoderKL
-
+        """A local autoencoder folder (any kind), the name ``taef2``, or ``hub:ORG/NAME`` (network)."""
+        text = str(path_or_id)
+        if text.startswith("hub:"):
+            return cls._from_hub(text[4:], allow_download).to(device)
         path = Path(path_or_id)
+        if text == "taef2" and not path.exists():
+            from .taesd import find_taef2
+
+            path = find_taef2()
+        if not path.exists():
+            raise MupdError(f"autoencoder folder {path} does not exist; pass a folder written by `mupd vae train` or "
+                            "LatentAutoencoder.save_pretrained, 'taef2' for the offline pretrained one, or hub:ORG/NAME "
+                            "to download from the Hugging Face hub")
+        require(path.is_dir(), f"autoencoder {path} is a file; pass the folder that holds config.json")
         folder = path
-        if path.is_dir() and not (path / "config.json").exists() and (path / "vae" / "config.json").exists():
+        if not (path / "config.json").exists() and (path / "vae" / "config.json").exists():
             folder = path / "vae"  # a Stable Diffusion pipeline folder
-        if folder.is_dir():
-            require((folder / "config.json").exists(),
-                    f"{folder} has no config.json; it is not an AutoencoderKL folder (save one with "
-                    "LatentAutoencoder.save_pretrained or point at a Stable Diffusion 'vae' folder)")
-            try:
-                vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True, low_cpu_mem_usage=False)
-            except Exception as exc:  # diffusers raises OSError/EnvironmentError/ValueError/SafetensorError
-                raise MupdError(f"VAE folder {folder} could not be loaded ({type(exc).__name__}: {exc}); the "
-                                "weights are missing, truncated or do not match config.json") from None
-            mean, std, meta = _read_stats(folder / STATS_FILE, vae.config.latent_channels)
-            return cls(vae, mean, std, meta).to(device)
-        hub_like = isinstance(path_or_id, str) and path_or_id.count("/") == 1 and not path_or_id.startswith((".", "/"))
-        if not hub_like:
-            raise MupdError(f"VAE {path_or_id} is neither a local folder nor a hub id like 'stabilityai/sd-vae-ft-ema'")
+        vae = _load_backend(folder)
+        mean, std, meta = _read_stats(folder / STATS_FILE, vae.config.latent_channels)
+        return cls(vae, mean, std, meta).to(device)
+
+    @classmethod
+    def _from_hub(cls, repo: str, allow_download: bool) -> "LatentAutoencoder":
+        require(repo.count("/") == 1 and all(repo.split("/")), f"hub:{repo} is not a hub id like hub:stabilityai/sd-vae-ft-ema")
         if not allow_download:
-            raise MupdError(f"VAE {path_or_id} is not a local folder and downloads are disabled")
-        log.warning("loading VAE %s from the Hugging Face hub (network)", path_or_id)
+            raise MupdError(f"hub:{repo} needs the network and downloads are disabled")
+        log.warning("loading autoencoder %s from the Hugging Face hub (network)", repo)
         try:
-            vae = AutoencoderKL.from_pretrained(path_or_id, low_cpu_mem_usage=False)
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(repo, allow_patterns=["config.json", "*.safetensors", "vae/*"]))
         except Exception as exc:
-            raise MupdError(f"hub VAE {path_or_id} could not be loaded ({type(exc).__name__}: {exc})") from None
-        return cls(vae, meta={"source": path_or_id}).to(device)
+            raise MupdError(f"hub autoencoder {repo} could not be downloaded ({type(exc).__name__}: {exc})") from None
+        if not (folder / "config.json").exists() and (folder / "vae" / "config.json").exists():
+            folder = folder / "vae"
+        return cls(_load_backend(folder), meta={"source": f"hub:{repo}"})
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         from ..checkpoint import atomic_folder, write_json
 
         with atomic_folder(path) as tmp:
-            self.vae.save_pretrained(str(tmp), safe_serialization=True)
+            if self.kind == "kl":
+                self.vae.save_pretrained(str(tmp), safe_serialization=True)
+            else:
+                self.vae.save_pretrained(Path(tmp))
             write_json(tmp / STATS_FILE, self.stats_dict())
         return Path(path)
 
     def stats_dict(self) -> dict:
-        return {"format": STATS_FORMAT, "mean": self.latent_mean.tolist(), "std": self.latent_std.tolist(),
+        return {"format": STATS_FORMAT, "kind": self.kind, "mean": self.latent_mean.tolist(), "std": self.latent_std.tolist(),
                 "latent_channels": self.latent_channels, "downsample": self.downsample, **self.meta}
 
     # ---- encode / decode ---------------------------------------------------------------------
@@ -146,6 +176,8 @@ class LatentAutoencoder(nn.Module):
         require(bool(torch.isfinite(images).all()), "VAE input contains NaN/inf")
 
     def _set_tiling(self, tile: int | None) -> None:
+        if self.kind != "kl":  # tiling only saves memory; the tiny autoencoders run whole patches
+            return
         if tile is None:
             self.vae.disable_tiling()
             return
@@ -163,6 +195,9 @@ class LatentAutoencoder(nn.Module):
         out = []
         step = batch_size or images.shape[0]
         for chunk in images.split(step):
+            if self.kind != "kl":
+                out.append(self.vae.encode_raw(chunk.to(self.device)).float())
+                continue
             dist = self.vae.encode(chunk.to(self.device, dtype=self.vae.dtype)).latent_dist
             out.append((dist.sample(generator) if sample else dist.mean).float())
         return torch.cat(out)
@@ -179,7 +214,10 @@ class LatentAutoencoder(nn.Module):
                 f"latents must be (B, {self.latent_channels}, h, w), got {tuple(latents.shape)}")
         self._set_tiling(None if tile is None else tile)
         z = latents.to(self.device).float() * self.latent_std.view(1, -1, 1, 1) + self.latent_mean.view(1, -1, 1, 1)
-        out = [self.vae.decode(chunk.to(self.vae.dtype)).sample.float() for chunk in z.split(batch_size or z.shape[0])]
+        if self.kind != "kl":
+            out = [self.vae.decode_raw(chunk).float() for chunk in z.split(batch_size or z.shape[0])]
+        else:
+            out = [self.vae.decode(chunk.to(self.vae.dtype)).sample.float() for chunk in z.split(batch_size or z.shape[0])]
         return torch.cat(out).clamp(-1, 1)
 
     @torch.no_grad()
@@ -201,6 +239,24 @@ class LatentAutoencoder(nn.Module):
         return self.stats_dict()
 
 
+def _load_backend(folder: Path):
+    """The network in an autoencoder folder, by kind (config.json's class, or TAEF2's file names)."""
+    from .taesd import DiffusersTiny, Taef2, folder_kind
+
+    kind = folder_kind(folder)
+    if kind == "taef2":
+        return Taef2.from_folder(folder)
+    if kind == "taesd":
+        return DiffusersTiny.from_folder(folder)
+    from diffusers import AutoencoderKL
+
+    try:
+        return AutoencoderKL.from_pretrained(str(folder), local_files_only=True, low_cpu_mem_usage=False)
+    except Exception as exc:  # diffusers raises OSError/EnvironmentError/ValueError/SafetensorError
+        raise MupdError(f"VAE folder {folder} could not be loaded ({type(exc).__name__}: {exc}); the "
+                        "weights are missing, truncated or do not match config.json") from None
+
+
 def _read_stats(path: Path, channels: int):
     if not path.exists():
         return None, None, {}
@@ -211,5 +267,5 @@ def _read_stats(path: Path, channels: int):
             f"{path} is not a mupd latent statistics file (needs format, mean, std)")
     require(len(data["mean"]) == channels and len(data["std"]) == channels,
             f"{path} has {len(data['mean'])} channels but the VAE has {channels}; the stats belong to another VAE")
-    meta = {k: v for k, v in data.items() if k not in ("format", "mean", "std", "latent_channels", "downsample")}
+    meta = {k: v for k, v in data.items() if k not in ("format", "kind", "mean", "std", "latent_channels", "downsample")}
     return torch.tensor(data["mean"]), torch.tensor(data["std"]), meta

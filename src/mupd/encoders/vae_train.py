@@ -194,13 +194,32 @@ def train_vae(cfg: VAETrainConfig, *, progress: bool = True) -> dict:
         batch_size=cfg.batch_size, kl_weight=cfg.kl_weight, loss=cfg.loss, seed=cfg.seed, optim=optim, seen=seen,
         on_checkpoint=lambda n, opt: _save_state(ckpt, ae.vae, opt, n, cfg), checkpoint_every=cfg.checkpoint_every,
         progress=progress)
-    ae.fit_latent_stats(images[train_idx].split(64))
+    recon = _finish_with_progress(ae, images[train_idx], images[held_idx], progress)
     metrics = {"images_seen": run["images_seen"], "finished": run["finished"], "final_loss": run["final_loss"],
                "downsample": ae.downsample, "latent_channels": ae.latent_channels, "image_size": cfg.size,
-               **reconstruction_metrics(ae, images[held_idx].to(ae.device)), "config": asdict(cfg)}
+               **recon, "config": asdict(cfg)}
     ae.meta["trained_on"] = str(cfg.data)
     _save_final(ae, out, metrics)
     return metrics
+
+
+def _finish_with_progress(ae, train_images: torch.Tensor, held_images: torch.Tensor, progress: bool,
+                          stats_images: int = 4096) -> dict:
+    """Latent statistics (on at most ``stats_images`` training patches: per-channel mean/std settle long
+    before that) and the held-out reconstruction metrics, under one progress bar."""
+    from tqdm.auto import tqdm
+
+    chunks = train_images[:stats_images].split(64)
+    with tqdm(total=len(chunks) + 1, desc="latent stats + held-out eval", unit="batch", disable=not progress) as bar:
+        def counted():
+            for chunk in chunks:
+                yield chunk.to(ae.device)
+                bar.update(1)
+
+        ae.fit_latent_stats(counted())
+        recon = reconstruction_metrics(ae, held_images.to(ae.device))
+        bar.update(1)
+    return recon
 
 
 def _save_final(ae, out: Path, metrics: dict) -> None:

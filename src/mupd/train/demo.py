@@ -7,9 +7,13 @@ real PCam lymph-node patches (or any class-per-folder patch set), and writes wha
     OUT/report.html     the same, readable
     OUT/checkpoint/     the pipeline folder (model + EMA + autoencoder + text encoder spec)
 
-No pretrained autoencoder is available offline, so the demo first trains a tiny AutoencoderKL
-(about a quarter of the budget), encodes the patches, then trains the generator for the rest.
-Training is time-boxed; the seed is fixed and the number of images seen is recorded.
+The latent space is, by default, the pretrained TAEF2 tiny autoencoder (MIT; 32 channels at 1/8
+size, found offline by ``mupd.encoders.taesd.find_taef2``): the demo encodes the patches and spends
+its whole budget on the generator. ``autoencoder="trained"`` (or no TAEF2 on disk) trains a tiny
+AutoencoderKL first, for a quarter of the budget. Training is time-boxed; the seed is fixed and the
+number of images seen is recorded. The evaluation (``demo_check``) scores every generated patch
+with a small classifier trained on the real patches and reports FID of generated and of
+reconstructed patches against held-out real ones, in that classifier's feature space.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from ..errors import MupdError
 
 PCAM_CAPTIONS = {"0": "lymph node, normal tissue", "1": "lymph node, metastatic tumour"}
 DEMO_MODEL = {"depth": 4, "hidden_size": 128, "num_heads": 4}
-DEMO_AUTOENCODER = (16, 32, 32)  # 4x down: 64 px patches -> 16x16 latents
+DEMO_AUTOENCODER = (16, 32, 32)  # the trained fallback: 4x down, 4 latent channels
+AUTOENCODERS = ("auto", "taef2", "trained")
 
 
 def find_data(data: str | None, seed: int) -> tuple[Path, Path | None, dict, str]:
@@ -88,25 +93,42 @@ def idle_threads() -> int:
     return max(1, min(torch.get_num_threads(), int(cores - load + 0.5)))
 
 
-def run_demo(*, minutes: float = 5.0, out: str | Path = "./mupd-demo", device: str | None = None, data: str | None = None,
-             image_size: int = 64, seed: int = 0, progress: bool = True, eval_samples: int | None = None, sample_steps: int = 20,
-             threads: int | None = None) -> dict:
+def resolve_autoencoder(choice: str) -> tuple[str, Path | None, str]:
+    """("taef2" | "trained", TAEF2 folder or None, a line saying which and why)."""
+    from ..encoders.taesd import TAEF2_LICENSE, find_taef2
+
+    if choice not in AUTOENCODERS:
+        raise MupdError(f"--autoencoder must be one of {', '.join(AUTOENCODERS)}, got {choice!r}")
+    if choice == "trained":
+        return "trained", None, "a tiny AutoencoderKL trained by this demo (asked for)"
+    folder = find_taef2(required=choice == "taef2")
+    if folder is None:
+        return "trained", None, ("a tiny AutoencoderKL trained by this demo (the pretrained TAEF2 was not found: "
+                                 "set MUPD_MODELS to the folder holding taef2/)")
+    return "taef2", folder, f"pretrained TAEF2 from {folder}, licence {TAEF2_LICENSE}"
+
+
+def run_demo(*, minutes: float = 6.0, out: str | Path = "./mupd-demo", device: str | None = None, data: str | None = None,
+             image_size: int = 96, seed: int = 0, progress: bool = True, eval_samples: int | None = None, sample_steps: int = 20,
+             threads: int | None = None, autoencoder: str = "auto", model: dict | None = None, batch_size: int = 32,
+             lr: float = 1e-3, guidance: float = 2.0, train_patches: int | None = None, max_images: int | None = None,
+             classifier_steps: int = 600, autoencoder_seconds: float | None = None) -> dict:
     """Run the demo; returns ``{"out": folder, "metrics": the metrics.json dict}``.
 
-    ``eval_samples``: generated (and held-out real) patches for FID/KID, default ~26 per minute of
-    budget (max 128); ``sample_steps``: Heun steps for the samples."""
+    ``minutes``: training budget (encoding + autoencoder + generator); the evaluation comes after.
+    ``eval_samples``: generated patches for the evaluation (default 500, as many held-out real ones);
+    ``max_images``: stop the generator at this many images seen (for comparisons at equal images);
+    ``autoencoder_seconds``: training time of the trained autoencoder (default a quarter of the budget)."""
     from ..checkpoint import write_json
     from ..settings import settings
-    from ..encoders.vae import LatentAutoencoder
-    from ..encoders.vae_train import fit_autoencoder, reconstruction_metrics
-    from .config import TrainConfig
-    from .data import TrainData, captions_for, encode_pixels, load_pixels
-    from .loop import Trainer
 
     if minutes <= 0:
         raise MupdError(f"--minutes must be positive, got {minutes}")
     if image_size % 16:
-        raise MupdError(f"--image-size must be a multiple of 16 (4x autoencoder x patch 2 x 2), got {image_size}")
+        raise MupdError(f"--image-size must be a multiple of 16 (autoencoder x patch 2), got {image_size}")
+    kind, taef2_folder, ae_line = resolve_autoencoder(autoencoder)
+    if progress:
+        print(f"mupd demo: latent space = {ae_line}", flush=True)
     t_start = time.perf_counter()
     budget = 60.0 * minutes
     out = Path(out)
@@ -116,89 +138,37 @@ def run_demo(*, minutes: float = 5.0, out: str | Path = "./mupd-demo", device: s
     if dev.type == "cpu":
         torch.set_num_threads(threads or idle_threads())
 
-    train_root, holdout_root, captions, source = find_data(data, seed)
-    n_train = int(min(4000, max(128, 700 * minutes)))
-    n_eval = int(eval_samples or min(128, max(16, 26 * minutes)))
-    records = _records(train_root, max(n_train // 2, 8))  # per class, first in sorted order
-    train_recs, held_recs = _split(records, holdout_root, n_eval, seed)
-    order = np.random.default_rng(seed).permutation(len(train_recs))  # classes interleaved
-    train_recs = [train_recs[i] for i in order]
-    classes = sorted({r.label for r in train_recs}, key=str)
-    if not captions:
-        captions = {str(c): str(c).replace("_", " ") for c in classes}
-        for r in train_recs:
-            captions[str(r.label)] = str(r.meta.get("class_name", r.label)).replace("_", " ")
-    pixels = load_pixels([r.image for r in train_recs], image_size)
-    held_pixels = load_pixels([r.image for r in held_recs], image_size)
-    labels = [r.label for r in train_recs]
+    d = _prepare_data(data, seed, image_size, minutes, train_patches, eval_samples)
+    vae, ae_info, latents = _latent_space(kind, taef2_folder, d, dev, budget, seed, progress, autoencoder_seconds)
+    ae_info["which"] = ae_line
+    n = len(latents)
+    d["pixels"], d["labels"], d["train_recs"] = d["pixels"][:n], d["labels"][:n], d["train_recs"][:n]
+    trainer, result, cfg = _train_generator(d, vae, latents, dev, out, seed, image_size, progress, model or dict(DEMO_MODEL),
+                                            batch_size, lr, max(budget - (time.perf_counter() - t_start), 0.05 * budget), max_images)
+    t_eval = time.perf_counter()
+    evaluation = _sample_and_evaluate(d, trainer, vae, dev, out, seed, sample_steps, guidance, classifier_steps, progress)
+    from .demo_check import plain_sentence
 
-    # 1. the autoencoder (~ a quarter of the budget)
-    vae = LatentAutoencoder.tiny(block_out_channels=DEMO_AUTOENCODER, latent_channels=4, sample_size=image_size,
-                                 norm_num_groups=8, seed=seed).to(dev)
-    ae = fit_autoencoder(vae, pixels.float() / 127.5 - 1.0, seconds=0.25 * budget, batch_size=32, lr=2e-3,
-                         crop=32, seed=seed, progress=progress)
-    vae.meta.update(trained_by="mupd demo", images_seen=ae["images_seen"])
-    vae.fit_latent_stats(pixels[s:s + 64].to(dev).float() / 127.5 - 1.0 for s in range(0, min(len(pixels), 1024), 64))
-    recon = reconstruction_metrics(vae, held_pixels.to(dev).float() / 127.5 - 1.0)
-
-    # 2. latents + the generator (the rest, minus room for sampling and metrics)
-    latents = _encode_within(vae, pixels, deadline=time.perf_counter() + 0.1 * budget, progress=progress)
-    if len(latents) < len(pixels):  # the encoding budget ran out: train on the patches encoded so far
-        pixels, labels, train_recs = pixels[: len(latents)], labels[: len(latents)], train_recs[: len(latents)]
-    label_ids = torch.tensor([classes.index(lab) for lab in labels])
-    train_data = TrainData(latents, label_ids, captions_for(labels, captions), ids=[r.id for r in train_recs], class_names=[str(c) for c in classes])
-    cfg = TrainConfig.from_dict({
-        "preset": "demo", "output": str(out), "seed": seed,
-        "model": {"overrides": dict(DEMO_MODEL)},
-        "data": {"source": "folder", "path": str(train_root), "image_size": image_size, "captions": captions},
-        "conditions": {"text": {"name": "hashed-words", "kwargs": {"width": 64, "max_length": 16}}},
-        "intervals": {"log": 256, "preview": 0, "checkpoint": 0},
-        "progress": progress,
-    })
-    trainer = Trainer(cfg, data=train_data, vae=vae, device=str(dev), resume=False)
-    spent = time.perf_counter() - t_start
-    gen_seconds = max(budget - spent - 0.1 * budget, 0.05 * budget)
-    result = trainer.fit(max_seconds=gen_seconds)
-
-    # 3. samples per class, FID/KID against held-out real patches
-    from .preview import labelled_grid, sample_images, save_png
-
-    per_class_eval = max(n_eval // len(classes), 8)  # 8 fill a row of samples.png
-    rows, fakes, reals = [], [], []
-    for k, cls in enumerate(classes):
-        caption = captions[str(cls)]
-        tokens, mask = trainer._encode_captions(trainer.encoders["text"], [caption] * per_class_eval)
-        images = sample_images(trainer.ema.module, vae, {"text": (tokens, mask)}, per_class_eval, trainer.latent_shape,
-                               method="heun", steps=sample_steps, guidance=cfg.preview.guidance, seed=seed + 1000 + k)
-        fakes.append(images)
-        real = [np.asarray(pixels[i].permute(1, 2, 0)) for i in range(len(labels)) if labels[i] == cls][:8]
-        rows.append((f"real: {caption}", np.stack(real)))
-        rows.append((f"generated: {caption}", images[:8]))
-        reals.append(held_pixels[[i for i, r in enumerate(held_recs) if str(r.label) == str(cls)]])
-    scale = max(1, 96 // image_size)
-    save_png(labelled_grid(rows, scale=scale), out / "samples.png")
-    fake_all = torch.from_numpy(np.concatenate(fakes)).permute(0, 3, 1, 2).contiguous()
-    real_all = torch.cat(reals)
-    evaluation = _fid_kid(real_all, fake_all, vae)
-
+    evaluation["summary"] = plain_sentence(evaluation)
     losses = result["losses"]
     from .metrics_log import read_metrics
 
     curve = [{"images": r["images"], "loss": r["loss"]} for r in read_metrics(out)]
     k = max(1, len(losses) // 10)
     metrics = {
-        "data": {"source": source, "train_patches": len(train_recs), "held_out_patches": len(held_recs), "image_size": image_size,
-                 "classes": {str(c): captions[str(c)] for c in classes}},
+        "data": {"source": d["source"], "train_patches": n, "held_out_patches": len(d["held_recs"]), "image_size": image_size,
+                 "classes": {str(c): d["captions"][str(c)] for c in d["classes"]}},
         "settings": {"minutes": minutes, "seed": seed, "device": str(dev), "torch_threads": torch.get_num_threads(),
+                     "batch_size": batch_size, "lr": lr,
                      "note": "time-boxed: images seen depend on the machine's speed; the seed fixes data order and noise"},
-        "autoencoder": {"block_out_channels": list(DEMO_AUTOENCODER), "downsample": vae.downsample, "steps": ae["steps"],
-                        "images_seen": ae["images_seen"], "seconds": round(ae["seconds"], 1), "held_out_reconstruction": recon},
-        "generator": {"model": {"preset": "tiny", **DEMO_MODEL, "parameters": trainer.model.num_parameters()},
+        "autoencoder": ae_info,
+        "generator": {"model": {"preset": "tiny", **(model or DEMO_MODEL), "parameters": trainer.model.num_parameters()},
                       "images_seen": result["images_seen"], "steps": result["steps"], "seconds": round(result["seconds"], 1),
                       "images_per_s": round(result["images_per_s"], 2), "loss_first_10pct": float(np.mean(losses[:k])),
                       "loss_last_10pct": float(np.mean(losses[-k:])), "loss_curve": curve,
-                      "sampler": {"method": "heun", "steps": sample_steps, "guidance": cfg.preview.guidance}},
+                      "sampler": {"method": "heun", "steps": sample_steps, "guidance": guidance}},
         "evaluation": evaluation,
+        "evaluation_seconds": round(time.perf_counter() - t_eval, 1),
         "total_seconds": round(time.perf_counter() - t_start, 1),
     }
     write_json(out / "metrics.json", metrics)
@@ -208,33 +178,135 @@ def run_demo(*, minutes: float = 5.0, out: str | Path = "./mupd-demo", device: s
     return {"out": str(out), "metrics": metrics}
 
 
-def _encode_within(vae, pixels: torch.Tensor, *, deadline: float, progress: bool, chunk: int = 64) -> torch.Tensor:
-    """Encode in an interleaved class order until ``deadline`` (at least two chunks)."""
+def _prepare_data(data, seed, image_size, minutes, train_patches, eval_samples) -> dict:
+    from .data import load_pixels
+
+    train_root, holdout_root, captions, source = find_data(data, seed)
+    n_train = int(train_patches or min(4000, max(128, 700 * minutes)))
+    n_eval = int(eval_samples or 500)
+    records = _records(train_root, max(n_train // 2, 8))  # per class, first in sorted order
+    train_recs, held_recs = _split(records, holdout_root, n_eval, seed)
+    order = np.random.default_rng(seed).permutation(len(train_recs))  # classes interleaved
+    train_recs = [train_recs[i] for i in order]
+    classes = sorted({r.label for r in train_recs}, key=str)
+    if not captions:
+        captions = {str(c): str(c).replace("_", " ") for c in classes}
+        for r in train_recs:
+            captions[str(r.label)] = str(r.meta.get("class_name", r.label)).replace("_", " ")
+    return {"train_root": train_root, "source": source, "captions": captions, "classes": classes, "n_eval": n_eval,
+            "train_recs": train_recs, "held_recs": held_recs, "labels": [r.label for r in train_recs],
+            "pixels": load_pixels([r.image for r in train_recs], image_size),
+            "held_pixels": load_pixels([r.image for r in held_recs], image_size)}
+
+
+def _latent_space(kind, taef2_folder, d, dev, budget, seed, progress, ae_seconds=None):
+    """(autoencoder with fitted latent stats, its description, standardised training latents)."""
+    from ..encoders.vae import LatentAutoencoder
+    from ..encoders.vae_train import fit_autoencoder, reconstruction_metrics
+
+    pixels = d["pixels"]
+    t0 = time.perf_counter()
+    if kind == "taef2":
+        vae = LatentAutoencoder.from_pretrained(taef2_folder, device=dev)
+        info = {"kind": "taef2", "pretrained": str(taef2_folder), "license": "MIT", "trained_seconds": 0}
+        encode_share = 0.3
+    else:
+        vae = LatentAutoencoder.tiny(block_out_channels=DEMO_AUTOENCODER, latent_channels=4, sample_size=pixels.shape[-1],
+                                     norm_num_groups=8, seed=seed).to(dev)
+        ae = fit_autoencoder(vae, pixels.float() / 127.5 - 1.0, seconds=ae_seconds or 0.25 * budget, batch_size=32, lr=2e-3,
+                             crop=32, seed=seed, progress=progress)
+        vae.meta.update(trained_by="mupd demo", images_seen=ae["images_seen"])
+        info = {"kind": "trained", "block_out_channels": list(DEMO_AUTOENCODER), "steps": ae["steps"], "license": "yours",
+                "images_seen": ae["images_seen"], "trained_seconds": round(ae["seconds"], 1)}
+        encode_share = 0.1
+    raw = _encode_within(vae, pixels, deadline=time.perf_counter() + encode_share * budget, progress=progress)
+    flat = raw.double().transpose(0, 1).reshape(raw.shape[1], -1)
+    vae.latent_mean.copy_(flat.mean(1).float())
+    vae.latent_std.copy_(flat.std(1).float().clamp_min(1e-6))
+    vae.meta["stats_n_values"] = int(flat.shape[1])
+    latents = (raw - vae.latent_mean.view(1, -1, 1, 1).cpu()) / vae.latent_std.view(1, -1, 1, 1).cpu()
+    info.update(downsample=vae.downsample, latent_shape=list(latents.shape[1:]), encode_seconds=round(time.perf_counter() - t0, 1),
+                held_out_reconstruction=reconstruction_metrics(vae, d["held_pixels"][:128].to(dev).float() / 127.5 - 1.0))
+    return vae, info, latents
+
+
+def _train_generator(d, vae, latents, dev, out, seed, image_size, progress, model, batch_size, lr, seconds, max_images):
+    from .config import TrainConfig
+    from .data import TrainData, captions_for
+    from .loop import Trainer
+
+    labels, classes = d["labels"], d["classes"]
+    label_ids = torch.tensor([classes.index(lab) for lab in labels])
+    train_data = TrainData(latents, label_ids, captions_for(labels, d["captions"]), ids=[r.id for r in d["train_recs"]],
+                           class_names=[str(c) for c in classes])
+    cfg = TrainConfig.from_dict({
+        "preset": "demo", "output": str(out), "seed": seed,
+        "model": {"overrides": dict(model)},
+        "data": {"source": "folder", "path": str(d["train_root"]), "image_size": image_size, "captions": d["captions"]},
+        "conditions": {"text": {"name": "hashed-words", "kwargs": {"width": 64, "max_length": 16}}},
+        "batch": {"global_size": batch_size, "per_device": batch_size}, "optim": {"lr": lr, "grad_clip": 1.0},
+        "total_images": int(max_images or 1_000_000),
+        "intervals": {"log": 256, "preview": 0, "checkpoint": 0},
+        "progress": progress,
+    })
+    trainer = Trainer(cfg, data=train_data, vae=vae, device=str(dev), resume=False)
+    return trainer, trainer.fit(max_seconds=seconds), cfg
+
+
+def _sample_and_evaluate(d, trainer, vae, dev, out, seed, steps, guidance, classifier_steps, progress) -> dict:
+    """samples.png, then the classifier check and FID/KID of generated and reconstructed patches."""
+    from tqdm.auto import tqdm
+
+    from ..data.images import to_uint8
     from .data import encode_pixels
+    from .demo_check import evaluate_generations, train_classifier
+    from .preview import labelled_grid, sample_images, save_png
+
+    classes, captions, labels = d["classes"], d["captions"], d["labels"]
+    per_class = max(d["n_eval"] // len(classes), 8)
+    rows, fakes, fake_labels = [], [], []
+    bar = tqdm(total=per_class * len(classes) * 2, desc="sampling + reconstructing", unit="img", disable=not progress)
+    for k, cls in enumerate(classes):
+        tokens, mask = trainer._encode_captions(trainer.encoders["text"], [captions[str(cls)]] * 50)
+        chunks = []
+        for start in range(0, per_class, 50):
+            n = min(50, per_class - start)
+            chunks.append(sample_images(trainer.ema.module, vae, {"text": (tokens[:n], mask[:n])}, n, trainer.latent_shape,
+                                        method="heun", steps=steps, guidance=guidance, seed=seed + 1000 + 97 * k + start))
+            bar.update(n)
+        images = np.concatenate(chunks)
+        fakes.append(images)
+        fake_labels += [k] * len(images)
+        real = [np.asarray(d["pixels"][i].permute(1, 2, 0)) for i in range(len(labels)) if labels[i] == cls][:8]
+        rows.append((f"real: {captions[str(cls)]}", np.stack(real)))
+        rows.append((f"generated: {captions[str(cls)]}", images[:8]))
+    save_png(labelled_grid(rows, scale=max(1, 192 // d["pixels"].shape[-1])), out / "samples.png")
+    held = d["held_pixels"]
+    recon = []
+    for start in range(0, len(held), 50):
+        z = encode_pixels(vae, held[start:start + 50], batch_size=50, progress=False)
+        recon.append(torch.from_numpy(to_uint8(vae.decode(z.to(dev)))))
+        bar.update(len(z))
+    bar.close()
+    real_labels = np.array([classes.index(r.label) for r in d["held_recs"]])
+    y = torch.tensor([classes.index(lab) for lab in labels])
+    classifier, c_steps = train_classifier(d["pixels"], y, seconds=float("inf"), max_steps=classifier_steps, seed=seed,
+                                           classes=len(classes))
+    fake = torch.from_numpy(np.concatenate(fakes)).permute(0, 3, 1, 2).contiguous()
+    evaluation = evaluate_generations(classifier, real=held, real_labels=real_labels, fake=fake,
+                                      fake_labels=np.array(fake_labels), recon=torch.cat(recon).permute(0, 3, 1, 2).contiguous())
+    evaluation["class_recognition"]["classifier"] = {"steps": c_steps, "batch_size": 64, "train_patches": len(y)}
+    return evaluation
+
+
+def _encode_within(vae, pixels: torch.Tensor, *, deadline: float, progress: bool, chunk: int = 64) -> torch.Tensor:
+    """Raw latents, encoded in an interleaved class order until ``deadline`` (at least two chunks)."""
+    from tqdm.auto import tqdm
 
     out = []
-    for start in range(0, len(pixels), chunk):
+    for start in tqdm(range(0, len(pixels), chunk), desc="encoding patches", unit="batch", disable=not progress, leave=False):
         if start >= 2 * chunk and time.perf_counter() > deadline:
             break
-        out.append(encode_pixels(vae, pixels[start:start + chunk], batch_size=chunk, progress=False))
+        x = pixels[start:start + chunk].to(vae.device).float() / 127.5 - 1.0
+        out.append(vae.encode_raw(x).cpu())
     return torch.cat(out)
-
-
-def _fid_kid(real: torch.Tensor, fake: torch.Tensor, vae) -> dict:
-    """FID/KID of generated vs held-out real patches, and of autoencoder reconstructions (the floor)."""
-    from ..metrics.distribution import fid_kid
-    from ..metrics.features import build_extractor
-
-    extractor = build_extractor(None)
-    f_real = extractor.extract(real)
-    f_fake = extractor.extract(fake)
-    with torch.no_grad():
-        recon = vae.decode(vae.encode(real.to(vae.device).float() / 127.5 - 1.0))
-    f_recon = extractor.extract(((recon + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu())
-    kw = {"min_samples": 2, "n_resamples": 200, "kid_subset_size": min(len(real), len(fake), 100)}
-    return {
-        "feature_extractor": extractor.describe(),
-        "reference": "held-out real patches (not used for training)",
-        "generated_vs_real": fid_kid(f_real, f_fake, **kw),
-        "autoencoder_reconstructions_vs_real": fid_kid(f_real, f_recon, **kw),
-    }

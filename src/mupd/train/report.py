@@ -49,19 +49,25 @@ def write_report(out: Path, metrics: dict) -> Path:
     extractor = ev["feature_extractor"]
     warning = f"<p class='warn'>{html.escape(extractor['warning'])}</p>" if extractor.get("warning") else ""
     plot = loss_plot(gen["loss_curve"])
+    rec = ev["class_recognition"]
+    recon = ae["held_out_reconstruction"]
+    ae_text = (f"{ae['which']}; latents {'x'.join(map(str, ae['latent_shape']))}; held-out PSNR {recon['psnr']:.2f} dB, "
+               f"SSIM {recon['ssim']:.3f}")
     rows = [
         ("data", metrics["data"]["source"]),
         ("training patches / held-out", f"{metrics['data']['train_patches']} / {metrics['data']['held_out_patches']} at {metrics['data']['image_size']} px"),
-        ("autoencoder", f"{ae['steps']} steps, {ae['images_seen']} crops, {ae['seconds']} s; held-out PSNR {ae['held_out_reconstruction']['psnr']:.2f} dB, SSIM {ae['held_out_reconstruction']['ssim']:.3f}"),
+        ("autoencoder", ae_text),
         ("generator", f"{gen['model']['parameters']:,} parameters, {gen['images_seen']} images seen in {gen['seconds']} s ({gen['images_per_s']} img/s)"),
         ("loss (first / last 10 % of steps)", f"{gen['loss_first_10pct']:.4f} / {gen['loss_last_10pct']:.4f}"),
         ("sampler", json.dumps(gen["sampler"])),
-        ("feature extractor", extractor["name"]),
+        ("requested class recognised (generated)", _fmt(rec["generated"])),
+        ("classifier accuracy on held-out real", _fmt(rec["held_out_real"])),
+        ("feature space", extractor.get("note") or extractor["name"]),
         ("FID generated vs held-out real", _fmt(ev["generated_vs_real"]["fid"])),
-        ("KID generated vs held-out real", _fmt(ev["generated_vs_real"]["kid"])),
         ("FID autoencoder reconstructions vs real (floor)", _fmt(ev["autoencoder_reconstructions_vs_real"]["fid"])),
+        ("KID generated vs held-out real", _fmt(ev["generated_vs_real"]["kid"])),
         ("settings", json.dumps(metrics["settings"])),
-        ("total time", f"{metrics['total_seconds']} s"),
+        ("total time", f"{metrics['total_seconds']} s (evaluation {metrics.get('evaluation_seconds', '?')} s)"),
     ]
     table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v)) if not str(v).startswith('<') else v}</td></tr>" for k, v in rows)
     page = f"""<!doctype html>
@@ -70,8 +76,9 @@ def write_report(out: Path, metrics: dict) -> Path:
 td,th{{border-bottom:1px solid #ddd;padding:4px}} .warn{{color:#a40}} img{{max-width:100%;image-rendering:pixelated}}</style></head>
 <body><h1>mupd demo</h1>
 <p>A small MuPD (flow matching, decoupled cross-attention on a hashed-words caption stream) trained on the CPU
-for a few minutes. Expect colour and texture statistics of the tissue, not convincing histology:
-that needs a pretrained autoencoder, a larger model and hours of GPU time.</p>
+for a few minutes in the latent space of {html.escape(ae['which'])}. Expect tissue-like texture with nuclei, not
+a pathologist-grade generator: that needs a larger model and hours of GPU time.</p>
+<p><b>{html.escape(ev.get('summary', ''))}</b></p>
 <h2>Samples</h2><img src="{_png_data(out / 'samples.png')}" alt="real and generated patches per class">
 <h2>Training loss</h2>{f'<img src="{plot}" alt="loss curve">' if plot else '<p>(too few log points)</p>'}
 <h2>Numbers</h2>{warning}<table>{table}</table>
