@@ -80,3 +80,13 @@ def test_help_does_not_import_torch():
     code = "import sys, mupd.cli; mupd.cli.build_parser(); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_train_names_a_missing_autoencoder_folder_before_loading_anything(sample_data, tmp_path):
+    code = ("import sys; from mupd.cli import main; rc = main(['train', '--preset', 'tiny', '--set', "
+            "'data.path=' + sys.argv[1], '--set', 'vae.path=' + sys.argv[2]]); print(rc, 'torch' in sys.modules)")
+    missing = tmp_path / "runs" / "vae"
+    out = subprocess.run([sys.executable, "-c", code, str(sample_data / "pcam" / "train"), str(missing)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["2", "False"], out.stderr
+    assert f"vae.path: {missing} does not exist" in out.stderr

@@ -91,3 +91,70 @@ def test_vae_train_reports_psnr_ssim_and_resumes(sample_data, tmp_path):
     uninterrupted = load_tensors(tmp_path / "straight" / "checkpoint" / "model.safetensors")
     for key in resumed:
         torch.testing.assert_close(resumed[key], uninterrupted[key])
+
+
+def _class_folder(sample_data, root, per_class=3):
+    from PIL import Image
+
+    for label in ("0", "1"):
+        (root / label).mkdir(parents=True)
+        for path in sorted((sample_data / "pcam" / "valid" / label).iterdir())[:per_class]:
+            with Image.open(path) as im:
+                im.save(root / label / f"{path.stem}.png")
+    return root
+
+
+def test_index_reports_corrupt_images_and_skips_them_on_request(sample_data, tmp_path, capsys):
+    root = _class_folder(sample_data, tmp_path / "patches")
+    good = sorted((root / "1").iterdir())[0]
+    (root / "1" / "truncated.png").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    assert main(["data", "index", str(root), "--out", str(tmp_path / "m.csv"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "1 of 7 image files cannot be decoded" in err and "truncated.png" in err and "--skip-bad" in err
+    assert not (tmp_path / "m.csv").exists()
+    assert main(["data", "index", str(root), "--out", str(tmp_path / "m.csv"), "--skip-bad", "--no-progress"]) == 0
+    assert "skipped 1 unreadable image files" in capsys.readouterr().err
+    assert len(read_manifest(tmp_path / "m.csv")) == 6
+
+
+def test_limit_takes_a_seeded_class_balanced_sample(sample_data, tmp_path, capsys):
+    # a manifest sorted by class: the first rows are all class 0
+    assert main(["data", "index", str(sample_data / "pcam" / "valid"), "--out", str(tmp_path / "all.csv"), "--no-progress"]) == 0
+    assert [r.label for r in read_manifest(tmp_path / "all.csv")[:100]] == [0] * 100
+    LatentAutoencoder.tiny().save_pretrained(tmp_path / "vae")
+    ids = []
+    for run in ("a", "b"):
+        assert main(["data", "encode", str(tmp_path / "all.csv"), "--vae", str(tmp_path / "vae"), "--out", str(tmp_path / run),
+                     "--size", "16", "--limit", "3", "--no-progress"]) == 0
+        data = read_all(tmp_path / run)
+        assert sorted(data["labels"].tolist()) == [0, 0, 0, 1, 1, 1]
+        ids.append(data["ids"])
+    assert ids[0] == ids[1]  # seeded
+    first_rows = [r.id for r in read_manifest(tmp_path / "all.csv")[:3]]
+    assert ids[0][:3] != first_rows
+
+
+def test_crops_are_written_beside_the_manifest_named_after_it(sample_data, tmp_path, monkeypatch, capsys):
+    visium = sample_data / "visium" / "squidpy"
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    for name in ("a", "b"):
+        assert main(["data", "index", str(visium / "test_data.h5ad"), "--image", str(visium / "test_img.jpg"), "--size", "16",
+                     "--out", str(tmp_path / "out" / f"{name}.csv"), "--no-progress"]) == 0
+    assert len(list((tmp_path / "out" / "a_images").iterdir())) == 49 and (tmp_path / "out" / "b_images").is_dir()
+    assert (tmp_path / "out" / "a.expression.npz").is_file() and not list((tmp_path / "cwd").iterdir())
+    out = capsys.readouterr().out
+    assert f"also wrote {tmp_path / 'out' / 'b_images'} (49 files" in out
+
+
+def test_encode_checks_paths_before_loading_anything(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "m.csv").write_text("id,path\na,a.png\n")
+    code = ("import sys; from mupd.cli import main; rc = main(['data', 'encode', sys.argv[1], '--vae', sys.argv[2], "
+            "'--out', sys.argv[3]]); print(rc, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.csv"), str(tmp_path / "runs" / "vae"),
+                          str(tmp_path / "shards")], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["2", "False"], out.stderr
+    assert f"--vae {tmp_path / 'runs' / 'vae'}: autoencoder folder does not exist" in out.stderr

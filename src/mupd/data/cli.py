@@ -44,7 +44,11 @@ def register(subparsers) -> None:
     index.add_argument("--sections", default=None, help="her2st: comma-separated sections (default: all with images)")
     index.add_argument("--crop", type=int, default=None, help="spot crop side in image pixels (her2st default 224)")
     index.add_argument("--size", type=int, default=None, help="resize spot crops to this side")
-    index.add_argument("--limit", type=int, default=None, help="patches per class (folders) or per section (her2st)")
+    index.add_argument("--limit", type=int, default=None,
+                       help="her2st: spots per section; otherwise at most N per class, a seeded sample (seed 0)")
+    index.add_argument("--skip-bad", action="store_true",
+                       help="leave out (and list) image files that cannot be decoded instead of refusing the dataset")
+    index.add_argument("--no-progress", action="store_true")
     index.set_defaults(func=run_index)
 
     enc = sub.add_parser("encode", help="encode a dataset into shards of VAE latents + condition embeddings")
@@ -62,7 +66,7 @@ def register(subparsers) -> None:
     enc.add_argument("--batch-size", type=int, default=32)
     enc.add_argument("--caption-template", default=None)
     enc.add_argument("--captions", default=None)
-    enc.add_argument("--limit", type=int, default=None)
+    enc.add_argument("--limit", type=int, default=None, help="at most N per class, a seeded sample (seed 0)")
     enc.add_argument("--skip-bad", action="store_true", help="skip (and report) unreadable images instead of stopping")
     enc.add_argument("--no-progress", action="store_true")
     enc.set_defaults(func=run_encode)
@@ -134,7 +138,7 @@ def load_any(args):
             return table_records(load_bulk_table(src, key=getattr(args, "key", "slide_id")))
         return read_manifest(src)
     if kind == "folder":
-        return patch_folder(src, limit_per_class=getattr(args, "limit", None))
+        return patch_folder(src)  # --limit is applied by the caller (seeded, per class)
     if kind == "her2st":
         from .spatial import load_her2st
 
@@ -152,11 +156,45 @@ def load_any(args):
     raise MupdError(f"unknown source kind {kind}")
 
 
-def run_index(args) -> int:
-    from .captions import apply_template, join_captions
-    from .records import records_summary, write_manifest
+def _check_out(out: str, suffixes=(".csv", ".tsv", ".parquet", ".pq")) -> None:
+    from pathlib import Path
 
+    from ..errors import require
+
+    path = Path(out)
+    require(path.suffix.lower() in suffixes, f"--out {out} must end in {', '.join(suffixes)}")
+    require(not path.is_dir(), f"--out {out} is a folder; give the manifest file to write (e.g. {path / 'manifest.csv'})")
+
+
+def _check_images(records, args) -> list:
+    """Decode every image file once; refuse the dataset with a count and the first paths, or (with
+    --skip-bad) leave those records out and say so."""
+    from ..errors import MupdError
+    from .records import find_unreadable
+
+    bad = find_unreadable(records, progress=not getattr(args, "no_progress", False))
+    if not bad:
+        return records
+    first = "; ".join(bad[:3])
+    if not args.skip_bad:
+        raise MupdError(f"{args.source}: {len(bad)} of {len(records)} image files cannot be decoded, first: {first}. "
+                        "Replace them, or pass --skip-bad to leave them out")
+    bad_ids = {item.split(" (", 1)[0] for item in bad}
+    print(f"skipped {len(bad)} unreadable image files, first: {first}", file=sys.stderr)
+    return [r for r in records if r.id not in bad_ids]
+
+
+def run_index(args) -> int:
+    from pathlib import Path
+
+    from .captions import apply_template, join_captions
+    from .records import expression_companion, manifest_image_dir, records_summary, sample_per_class, write_manifest
+
+    _check_out(args.out)
     records = load_any(args)
+    if args.limit is not None and getattr(args, "kind", "auto") != "her2st" and not (Path(args.source) / "ST-cnts").is_dir():
+        records = sample_per_class(records, args.limit)
+    records = _check_images(records, args)
     if args.caption_template:
         apply_template(records, args.caption_template)
     if args.captions:
@@ -167,19 +205,52 @@ def run_index(args) -> int:
         print("expression:", json.dumps(join_expression(records, load_bulk_table(args.expression, key=args.key))))
     path = write_manifest(records, args.out)
     print(f"{path}: {json.dumps(records_summary(records))}")
+    for extra in (manifest_image_dir(path), expression_companion(path)):  # say what else was written, and where
+        if extra.exists():
+            files = list(extra.iterdir()) if extra.is_dir() else [extra]
+            size = sum(f.stat().st_size for f in files) / 2**20
+            print(f"  also wrote {extra} ({len(files)} file{'s' * (len(files) != 1)}, {size:.1f} MB)")
     return 0
 
 
+def _check_encode_args(args) -> None:
+    """Paths, names and sizes of ``data encode``, checked before torch or any model loads."""
+    from pathlib import Path
+
+    from ..errors import MupdError, require
+
+    require(Path(args.source).exists(), f"data source {args.source} does not exist")
+    for flag, value in (("--vae", args.vae), ("--source-vae", args.source_vae)):
+        if value and value != "taef2" and not value.startswith("hub:") and not Path(value).exists():
+            raise MupdError(f"{flag} {value}: autoencoder folder does not exist; train one first (`mupd vae train "
+                            f"--data FOLDER --out {value}`), use 'taef2' (offline, pretrained) or name a hub model as hub:ORG/NAME")
+    for flag, value in (("--vocabulary", args.vocabulary), ("--captions", args.captions)):
+        require(value is None or Path(value).is_file(), f"{flag} {value} does not exist")
+    require(args.shard_size > 0 and args.batch_size > 0, "--shard-size and --batch-size must be positive")
+    require(args.size is None or args.size >= 8, f"--size must be at least 8 px, not {args.size}")
+    require(args.limit is None or args.limit >= 1, f"--limit must be at least 1, not {args.limit}")
+    require(not Path(args.out).is_file(), f"--out {args.out} is a file; give a folder for the shards")
+    for item in args.encoder_arg:
+        key, sep, _ = item.partition("=")
+        modality, dot, _ = key.partition(".")
+        if not (sep and dot) or modality not in ("text", "image", "rna"):
+            raise MupdError(f"--encoder-arg {item!r} must look like MODALITY.KEY=VALUE with MODALITY text, image or rna")
+    names = [(m, n) for m, n in (("text", args.text_encoder), ("image", args.image_encoder)) if n]
+    if names:
+        from ..encoders import registry
+
+        for modality, name in names:
+            registry.entry(modality, name)  # an unknown name lists the known ones
+
+
 def run_encode(args) -> int:
-    from ..errors import MupdError
+    _check_encode_args(args)
     from .encode import EncodeJob, encode_dataset
 
     kwargs: dict = {}
     for item in args.encoder_arg:
         key, sep, value = item.partition("=")
         modality, dot, name = key.partition(".")
-        if not (sep and dot):
-            raise MupdError(f"--encoder-arg {item!r} must look like MODALITY.KEY=VALUE (e.g. text.width=64)")
         try:
             value = json.loads(value)
         except json.JSONDecodeError:

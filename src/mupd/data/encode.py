@@ -48,7 +48,7 @@ class EncodeJob:
     vocabulary: str | None = None  # GeneVocabulary JSON: records' expression -> rna_values
     caption_template: str | None = None
     captions: str | None = None  # caption file joined by id
-    limit: int | None = None  # per class for patch folders, first N otherwise
+    limit: int | None = None  # at most N per class (unlabelled: N in all), a seeded sample (records.sample_per_class)
     on_error: str = "raise"  # "raise" | "skip" (unreadable images are skipped and reported)
     deepliif_split: str = "train"
     deepliif_target: str = "ki67_mif"
@@ -57,19 +57,20 @@ class EncodeJob:
 def load_source(job: EncodeJob) -> list[Record]:
     from .captions import apply_template, join_captions
     from .folders import patch_folder
-    from .records import read_manifest
+    from .records import read_manifest, sample_per_class
     from .stains import deepliif_records, is_deepliif_folder
 
     src = Path(job.source)
     require(src.exists(), f"data source {src} does not exist")
     if src.is_file():
-        records = read_manifest(src)[: job.limit]
+        records = read_manifest(src)
     elif (src / "manifest.csv").exists():
-        records = read_manifest(src / "manifest.csv")[: job.limit]
+        records = read_manifest(src / "manifest.csv")
     elif is_deepliif_folder(src):
-        records = deepliif_records(src, job.deepliif_split, target=job.deepliif_target, limit=job.limit)
+        records = deepliif_records(src, job.deepliif_split, target=job.deepliif_target)
     else:
-        records = patch_folder(src, limit_per_class=job.limit)
+        records = patch_folder(src)
+    records = sample_per_class(records, job.limit)
     check_unique_ids(records, str(src))
     if job.caption_template:
         apply_template(records, job.caption_template)

@@ -114,7 +114,8 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = True) -> list[
 
 def write_manifest(records: Sequence[Record], path: str | os.PathLike, *, image_dir: str | os.PathLike | None = None) -> Path:
     """Write records as a manifest (CSV, or Parquet by suffix). In-memory images (tiles, spot crops)
-    are saved as PNG under ``image_dir`` (default ``<manifest folder>/images``)."""
+    are saved as PNG under ``image_dir`` (default ``<manifest folder>/<manifest stem>_images``, beside
+    the manifest, so two manifests in one folder never mix their crops)."""
     import pandas as pd
 
     from ..checkpoint import atomic_write_text
@@ -122,7 +123,7 @@ def write_manifest(records: Sequence[Record], path: str | os.PathLike, *, image_
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     check_unique_ids(records, "write_manifest")
-    image_dir = Path(image_dir) if image_dir else path.parent / "images"
+    image_dir = Path(image_dir) if image_dir else manifest_image_dir(path)
     rows = []
     for r in records:
         row = {"id": r.id, "path": _store_image(r.image, r.id, image_dir, path.parent, "")}
@@ -152,6 +153,11 @@ def write_manifest(records: Sequence[Record], path: str | os.PathLike, *, image_
                  values=np.stack([r.expression for r in with_expr]).astype(np.float32))
         os.replace(tmp, expression_companion(path))
     return path
+
+
+def manifest_image_dir(manifest: Path) -> Path:
+    """Where ``write_manifest`` saves in-memory images (spot crops, tiles) by default."""
+    return manifest.with_name(f"{manifest.stem}_images")
 
 
 def expression_companion(manifest: Path) -> Path:
@@ -226,6 +232,44 @@ def _scalar(v) -> bool:
 
 def _plain(v):
     return v.item() if hasattr(v, "item") else v
+
+
+def sample_per_class(records: Sequence[Record], per_class: int | None, seed: int = 0) -> list[Record]:
+    """At most ``per_class`` records of each label (unlabelled records count as one class), drawn
+    with a seeded permutation per class and returned in their original order: a quick run sees every
+    class in proportion, not the first rows of a sorted table (which are often all one class)."""
+    if per_class is None:
+        return list(records)
+    require(per_class >= 1, f"--limit must be at least 1, not {per_class}")
+    groups: dict = {}
+    for index, r in enumerate(records):
+        groups.setdefault(str(r.label), []).append(index)
+    rng = np.random.default_rng(seed)
+    keep: list[int] = []
+    for label in sorted(groups):
+        indices = groups[label]
+        keep += [indices[i] for i in rng.permutation(len(indices))[:per_class]]
+    return [records[i] for i in sorted(keep)]
+
+
+def find_unreadable(records: Sequence[Record], *, progress: bool = False) -> list[str]:
+    """``"id (path): reason"`` for every record whose image (or paired source) file cannot be decoded:
+    missing, not an image, or truncated. Decodes each file fully (a truncated PNG has a valid header)."""
+    from PIL import Image, UnidentifiedImageError
+
+    bad = []
+    items = [(r.id, p) for r in records for p in (r.image, r.source_image) if isinstance(p, (str, os.PathLike))]
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(items, desc="checking images", unit="img")
+    for rid, path in items:
+        try:
+            with Image.open(path) as im:
+                im.load()
+        except (OSError, SyntaxError, UnidentifiedImageError, ValueError) as exc:
+            bad.append(f"{rid} ({path}): {str(exc)[:80]}")
+    return bad
 
 
 def records_summary(records: Iterable[Record]) -> dict:
