@@ -96,11 +96,31 @@ def resolve_config(args: argparse.Namespace):
     return base.validate()
 
 
+def check_config_paths(cfg) -> None:
+    """Every path the config names exists (or is an explicit ``hub:`` id / the built-in ``taef2``),
+    checked before torch or any model loads, so a typo fails in a second, naming the key and path."""
+    from pathlib import Path
+
+    from ..errors import MupdError
+
+    named = [("data.path", cfg.data.path), ("vae.path", cfg.vae.path), ("vae.source_path", cfg.vae.source_path),
+             ("align.path", cfg.align.path), ("finetune.init_from", cfg.finetune.init_from)]
+    named += [(f"conditions.{m}.path", spec.path) for m, spec in cfg.conditions.items()]
+    for key, value in named:
+        text = "" if value is None else str(value)
+        if not text or text.startswith(("hub:", "hf-hub:")) or (key.startswith("vae.") and text == "taef2"):
+            continue
+        if not Path(text).exists():
+            hint = " (create it with `mupd vae train --data FOLDER --out DIR`, or use taef2)" if key.startswith("vae.") else ""
+            raise MupdError(f"{key}: {text} does not exist{hint}; fix the config or pass --set {key}=PATH")
+
+
 def run_train(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     if args.dry_run:
         sys.stdout.write(cfg.to_yaml())
         return 0
+    check_config_paths(cfg)
     from .loop import train
 
     resume = False if args.no_resume else (True if args.resume == "auto-required" else args.resume)
