@@ -75,6 +75,7 @@ def cases(gen, stain, f, out):
          "only --method sdedit"),
         (["translate", "--model", str(gen), "--image", str(f["grey"]), *o], "has mode L"),
         (["augment", "--model", str(gen), "--data", str(out / "nope"), "--per-class", "2", *o], "is not a folder"),
+        (["generate", "--model", str(gen), "--text", "x", "--out", str(f["grey"])], "is a file; pass a folder"),
     ]
 
 

@@ -157,7 +157,7 @@ def run_generate(args) -> int:
     from .inputs import read_condition_rows
 
     facts = preflight.model_facts(args.model)
-    preflight.check_run_options(steps=args.steps, sampler=args.sampler, seed=args.seed, n=args.n)
+    preflight.check_run_options(out=args.out, steps=args.steps, sampler=args.sampler, seed=args.seed, n=args.n)
     require_positive(args.batch_size, "--batch-size")
     interval = _interval(args.guidance_interval)
     scales = parse_scales(args.scale)
@@ -211,7 +211,7 @@ def run_vary(args) -> int:
 
     load_image(args.image, what="--image")  # the file first: a missing file is the real problem
     facts = preflight.model_facts(args.model)
-    preflight.check_run_options(steps=args.steps, sampler=args.sampler, seed=args.seed, n=args.n)
+    preflight.check_run_options(out=args.out, steps=args.steps, sampler=args.sampler, seed=args.seed, n=args.n)
     strength = preflight.check_strength_option(args.strength, args.sampler, args.steps)
     stream = facts.has_stream("image") and not args.no_reference
     require(stream or strength < 1.0,
@@ -258,7 +258,7 @@ def _check_dense(args, task: str):
 
     sources = _sources(args.image)
     facts = preflight.model_facts(args.model)
-    preflight.check_run_options(steps=args.steps, sampler=args.sampler, seed=args.seed)
+    preflight.check_run_options(out=args.out, steps=args.steps, sampler=args.sampler, seed=args.seed)
     require_positive(args.batch_size, "--batch-size")
     paired = facts.source_channels > 0
     method = args.method or ("sample" if paired else "sdedit")
@@ -328,7 +328,7 @@ def run_augment(args) -> int:
     data = Path(args.data)
     require(data.is_dir(), f"--data {data} is not a folder; pass a class-per-folder dataset (FOLDER/<class>/*.png)")
     facts = preflight.model_facts(args.model)
-    preflight.check_run_options(steps=args.steps, sampler=args.sampler, seed=args.seed)
+    preflight.check_run_options(out=args.out, steps=args.steps, sampler=args.sampler, seed=args.seed)
     require_positive(args.per_class, "--per-class")
     require_positive(args.batch_size, "--batch-size")
     if args.strength is not None:

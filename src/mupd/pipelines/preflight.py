@@ -109,7 +109,9 @@ def model_facts(path: str | os.PathLike) -> ModelFacts:
 
 
 # ------------------------------------------------------------------------------------- options
-def check_run_options(*, steps: int, sampler: str, seed: int, n: int | None = None) -> None:
+def check_run_options(*, steps: int, sampler: str, seed: int, n: int | None = None, out: str | None = None) -> None:
+    if out is not None:
+        require(not Path(out).is_file(), f"--out {out} is a file; pass a folder for the images and manifest.csv")
     require(isinstance(steps, int) and steps >= 1, f"--steps must be a positive integer, got {steps}")
     require(sampler in SAMPLERS, f"--sampler must be one of {SAMPLERS}, got {sampler!r}")
     require(seed >= 0, f"--seed must be a non-negative integer, got {seed}")
