@@ -158,3 +158,16 @@ def test_encode_checks_paths_before_loading_anything(tmp_path):
                           str(tmp_path / "shards")], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["2", "False"], out.stderr
     assert f"--vae {tmp_path / 'runs' / 'vae'}: autoencoder folder does not exist" in out.stderr
+
+
+def test_bad_paths_and_options_fail_before_any_work(tmp_path, capsys):
+    cases = [
+        (["vae", "train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "v")], "--data"),
+        (["vae", "train", "--data", str(tmp_path), "--out", str(tmp_path / "v"), "--size", "4"], "--size must be at least 8"),
+        (["data", "tile", str(tmp_path / "none.svs"), "--out", str(tmp_path / "t"), "--mpp", "1"], "none.svs does not exist"),
+        (["data", "index", str(tmp_path), "--out", str(tmp_path)], "must end in .csv"),
+        (["align", "evaluate", str(tmp_path)], "no config.json"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv

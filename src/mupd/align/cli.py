@@ -42,8 +42,12 @@ def run_train(args) -> int:
 
     from .config import load_config
 
+    from ..errors import require
+
     config = load_config(args.config, **_overrides(args.set))
     out = Path(args.out or Path("runs") / "align" / config.name)
+    require(not out.is_file(), f"--out {out} is a file; give a folder for the checkpoint")
+    require(not args.resume or out.is_dir(), f"--resume: {out} does not exist; run without --resume to start")
     if args.dry_run:
         print(json.dumps({"out": str(out), **config.to_dict()}, indent=2))
         return 0
@@ -62,6 +66,12 @@ def run_train(args) -> int:
 
 
 def run_evaluate(args) -> int:
+    from pathlib import Path
+
+    from ..errors import require
+
+    require((Path(args.path) / "config.json").is_file(),
+            f"{args.path} is not a folder written by 'mupd align train' (no config.json there)")
     from ..checkpoint import read_json
     from .config import AlignConfig, replace
     from .data import load_pairs

@@ -102,6 +102,14 @@ def register(subparsers) -> None:
 
 
 def run_tile(args) -> int:
+    from pathlib import Path
+
+    from ..errors import require
+
+    require(Path(args.slides).exists(), f"{args.slides} does not exist; give a slide file or a folder of slides")
+    require(args.coords is None or Path(args.coords).is_dir(), f"--coords {args.coords} is not a folder")
+    require(args.size >= 8 and 0 <= args.overlap < args.size, "--size must be >= 8 and 0 <= --overlap < --size")
+    require(0 <= args.min_tissue <= 1, f"--min-tissue must lie in [0, 1], not {args.min_tissue}")
     from .tiling import tile_slides
 
     manifest, records = tile_slides(args.slides, args.out, mpp=args.mpp, magnification=args.magnification,
@@ -285,6 +293,16 @@ def run_vocab(args) -> int:
 
 
 def run_vae_train(args) -> int:
+    from pathlib import Path
+
+    from ..errors import require
+
+    require(Path(args.data).exists(), f"--data {args.data} does not exist; give a class-per-folder patch folder or a manifest")
+    require(not Path(args.out).is_file(), f"--out {args.out} is a file; give a folder for the autoencoder")
+    for flag, value, low in (("--size", args.size, 8), ("--samples", args.samples, 1), ("--batch-size", args.batch_size, 1),
+                             ("--latent-channels", args.latent_channels, 1)):
+        require(value >= low, f"{flag} must be at least {low}, not {value}")
+    require(args.limit is None or args.limit >= 1, f"--limit must be at least 1, not {args.limit}")
     from ..encoders.vae_train import VAETrainConfig, train_vae
 
     cfg = VAETrainConfig(args.data, args.out, preset=args.preset, latent_channels=args.latent_channels, size=args.size,
