@@ -4,10 +4,12 @@
 picks CUDA when present. ``precision`` is ``"fp32"`` or ``"bf16"`` (autocast on CUDA only).
 
 CPU threads: ``mupd.settings.threads = 4``, ``MUPD_THREADS=4`` or ``--threads 4`` on any heavy
-command; ``None`` (default) = the cores this process may use (``os.sched_getaffinity``) minus those
-another process keeps busy right now (sampled from ``/proc/stat`` over 0.1 s). Why: an OpenMP
-thread on a core that another job holds makes every parallel op wait for it (measured on 2 cores,
-one busy: 6.8 img/s with 2 threads vs 66.5 with 1; see ``benchmarks/threads.py``).
+command (the CLI applies it before the command runs; in Python call ``apply_threads()``); ``None``
+(default) = the cores this process may use (``os.sched_getaffinity``) minus those another process
+keeps busy right now (sampled from ``/proc/stat`` over 0.1 s). Importing mupd before torch also sets
+``OMP_WAIT_POLICY=PASSIVE`` unless it is set: OpenMP threads then sleep instead of spin-waiting.
+Why: a spinning OpenMP thread on a core another job holds stalls every parallel op (2 cores, one
+busy: 6.8 img/s with 2 threads vs 66.5 with 1; ``benchmarks/threads.py`` measures the policies).
 """
 
 from __future__ import annotations
