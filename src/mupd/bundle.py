@@ -120,6 +120,12 @@ def _load_encoder(folder: Path, modality: str, spec: dict):
     if spec.get("state"):
         load_into(encoder, folder / spec["state"])
     expected = spec.get("weights_sha256")
+    if not (expected or "path" in kwargs) and encoder.state_dict():
+        raise MupdError(
+            f"{folder / 'model_index.json'}: the {modality} encoder '{spec['name']}' has weights but the folder holds none "
+            "(written by an older mupd, or save_bundle got no encoder module): a rebuilt encoder would be a different "
+            f"random one. Re-save with save_bundle(..., encoders={{'{modality}': (name, kwargs, None, encoder)}}) or retrain"
+        )
     if expected and weights_sha256(encoder) != expected:
         where = spec.get("reference") or spec.get("path") or "name + kwargs"
         raise MupdError(

@@ -165,3 +165,17 @@ def test_resume_restores_encoder_weights(trained):
     cfg.output = trainer.cfg.output
     resumed = Trainer(cfg, device="cpu", resume=True)
     assert torch.equal(resumed.encoders["rna"].tokens.weight, trainer.encoders["rna"].tokens.weight)
+
+
+def test_folder_without_encoder_weights_is_refused(tmp_path):
+    """A folder naming a random-weight encoder without its weights (what 'mupd train' wrote before)
+    cannot rebuild the training tokens: an error, not a different random encoder."""
+    from mupd.bundle import save_bundle
+    from mupd.encoders.vae import LatentAutoencoder
+    from mupd.models.mupd import MuPD
+
+    model = MuPD.from_preset("tiny", modalities=("rna",), cond_dims={"rna": 8}, input_size=8)
+    vae = LatentAutoencoder.tiny(block_out_channels=(16, 32), norm_num_groups=8, seed=0)
+    save_bundle(tmp_path / "p", model=model, vae=vae, encoders={"rna": ("gene-tokens", {"genes": ["A", "B"], "width": 8}, None)})
+    with pytest.raises(MupdError, match="holds none"):
+        load_bundle(tmp_path / "p")
