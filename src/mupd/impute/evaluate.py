@@ -69,3 +69,17 @@ def top_genes(folds: list[dict], n: int = 5) -> list[tuple[str, float]]:
             per.setdefault(g, []).append(r)
     common = {g: float(np.mean(v)) for g, v in per.items() if len(v) == len(folds)}
     return sorted(common.items(), key=lambda kv: -kv[1])[:n]
+
+
+def paired_deltas(methods: dict, reference: str, key: str = "mean_pearson") -> dict:
+    """Per-fold difference of each method to ``reference`` (same folds, same genes): mean ± std over
+    folds and how many folds the method wins — the fold spread of a *difference*, not of two levels."""
+    ref = np.array([f[key] for f in methods[reference]["folds"]])
+    out = {}
+    for name, entry in methods.items():
+        if name == reference:
+            continue
+        delta = np.array([f[key] for f in entry["folds"]]) - ref
+        out[name] = {"mean": float(delta.mean()), "std": float(delta.std(ddof=1)) if len(delta) > 1 else 0.0,
+                     "folds": delta.round(5).tolist(), "wins": int((delta > 0).sum()), "n_folds": int(len(delta))}
+    return {"reference": reference, "metric": key, "deltas": out}

@@ -52,8 +52,10 @@ def load_table(protocol: protocols.Protocol, root, image_size: int, max_spots: i
 
 
 def run_protocol(protocol: protocols.Protocol, table, methods=METHODS, settings: RunSettings | None = None,
-                 progress: bool = True) -> dict:
-    """Every method on every fold; returns the result dict (protocol resolved, per-fold, summary)."""
+                 progress: bool = True, cache: dict | None = None) -> dict:
+    """Every method on every fold; returns the result dict (protocol resolved, per-fold, summary).
+    ``cache`` may be shared between protocols over the same table: a fold with exactly the same
+    training spots (her2st-lopo's patient-B fold is her2st-loso's B4 fold) reuses the trained models."""
     from tqdm.auto import tqdm
 
     settings = settings or RunSettings()
@@ -61,7 +63,7 @@ def run_protocol(protocol: protocols.Protocol, table, methods=METHODS, settings:
     require(not unknown, f"unknown imputation method(s) {unknown}; known: {list(METHODS)}")
     start = time.perf_counter()
     folds = protocols.make_folds(protocol, table.section)
-    cache = {}
+    cache = {} if cache is None else cache
     per_method = {m: [] for m in methods}
     timings = {m: 0.0 for m in methods}
     timings["alignment"] = 0.0
@@ -89,17 +91,26 @@ def run_fold(protocol, table, fold, methods, settings: RunSettings, cache: dict,
     y_test = protocols.normalised_panel(table.counts[test], table.genes, panel, protocol.normalisation)
     groups = np.asarray(table.section)[train]
     model = None
-    if NEEDS_ALIGNMENT & set(methods):
+    key = (train.tobytes(), test.tobytes(), settings.seed, protocol.n_genes, protocol.gene_rule)
+    if NEEDS_ALIGNMENT & set(methods) and ("align",) + key in cache:
+        model = cache[("align",) + key]
+    elif NEEDS_ALIGNMENT & set(methods):
         t0 = time.perf_counter()
         from .aligned import train_fold_alignment
 
         model = train_fold_alignment(table.images[train], table.counts[train], table.genes, groups,
                                      n_genes=protocol.n_genes, total_samples=settings.align_samples, seed=settings.seed)
         timings["alignment"] += time.perf_counter() - t0
+        cache[("align",) + key] = model
     out = {}
     for m in methods:
         t0 = time.perf_counter()
-        pred, info = predict_method(m, table, train, test, y_train, groups, model, settings, cache)
+        if m == "finetuned" and ("finetuned",) + key in cache:
+            pred, info = cache[("finetuned",) + key]
+        else:
+            pred, info = predict_method(m, table, train, test, y_train, groups, model, settings, cache)
+            if m == "finetuned":
+                cache[("finetuned",) + key] = (pred, {**info, "reused_from_identical_fold": True})
         timings[m] += time.perf_counter() - t0
         summary = evaluate.fold_summary(evaluate.gene_metrics(y_test, pred), panel)
         out[m] = {"fold": fold.name, "n_train": int(len(train)), "n_test": int(len(test)), **info, **summary}
