@@ -45,7 +45,56 @@ def register(subparsers) -> None:
     evaluate.add_argument("--epochs", type=int, default=3)
     evaluate.add_argument("--out", required=True, help="result JSON")
     evaluate.set_defaults(func=run_evaluate)
+    _register_slide(sub)
     parser.set_defaults(func=lambda args: (parser.print_help(), 1)[1])
+
+
+def _register_slide(sub) -> None:
+    train = sub.add_parser("slide-train", help="attention-MIL: bulk expression from TRIDENT/CLAM tile-feature .h5 files")
+    train.add_argument("--features", required=True, help="folder of <slide_id>.h5 files (features, coords)")
+    train.add_argument("--table", required=True, help="CSV/TSV with slide_id or case_id and <GENE>_rnaseq (or gene) columns")
+    train.add_argument("--join", default="slide_id", choices=("slide_id", "case_id"))
+    train.add_argument("--normalisation", default="none", choices=("none", "log1p_cpm", "log_tpm"),
+                       help="of the table's values: none for TCGA z-scores, log1p_cpm for raw counts")
+    train.add_argument("--genes", type=int, help="keep the top-k genes by variance (default: all)")
+    train.add_argument("--epochs", type=int, default=40)
+    train.add_argument("--out", required=True)
+    train.set_defaults(func=run_slide_train)
+    predict = sub.add_parser("slide-predict", help="predict bulk expression for every .h5 feature file -> CSV")
+    predict.add_argument("model", help="a folder written by 'mupd impute slide-train'")
+    predict.add_argument("--features", required=True)
+    predict.add_argument("--out", required=True, help="CSV: slide_id, one column per gene")
+    predict.set_defaults(func=run_slide_predict)
+
+
+def run_slide_train(args) -> int:
+    from .slide_data import load_bags
+    from .slide_model import save_slide_model, train_slide_model
+
+    data = load_bags(args.features, args.table, join=args.join)
+    model, config = train_slide_model(data.bags, data.values, data.genes, normalisation=args.normalisation,
+                                      n_genes=args.genes, epochs=args.epochs)
+    config.update(train_slides=data.ids, join=args.join, unmatched=data.unmatched)
+    save_slide_model(args.out, model, config)
+    print(f"wrote {args.out}: {len(data.ids)} slides, {len(config['genes'])} genes, final loss {config['train_loss'][-1]:.3f}; "
+          f"unmatched {data.unmatched['n_feature_files_unmatched']} files / {data.unmatched['n_table_rows_unmatched']} rows")
+    return 0
+
+
+def run_slide_predict(args) -> int:
+    import pandas as pd
+
+    from .slide_data import load_bags
+    from .slide_model import load_slide_model, predict_slides, read_slide_config
+
+    config = read_slide_config(args.model)
+    data = load_bags(args.features, expected_dim=config["in_dim"])  # widths checked before weights load
+    model, config = load_slide_model(args.model)
+    frame = pd.DataFrame(predict_slides(model, config, data.bags), columns=config["genes"])
+    frame.insert(0, "slide_id", data.ids)
+    frame.to_csv(args.out, index=False)
+    print(f"wrote {args.out}: {len(data.ids)} slides x {len(config['genes'])} genes ({config['normalisation']} scale)")
+    return 0
 
 
 def _settings(args):
