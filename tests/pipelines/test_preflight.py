@@ -38,7 +38,7 @@ def files(sample_data, tmp_path_factory):
     table = sample_data / "tcga/tcga_paad_all_clean.csv.gz"
     (root / "bad.jsonl").write_text('{"text": "x"}\n{"rna": "%s:NO_SUCH_SLIDE"}\n' % table)
     return {"pcam": pcam, "grey": root / "grey.png", "table": table, "batch": root / "bad.jsonl",
-            "mouse": sample_data / "visium/squidpy/test_data.h5ad",
+            "mouse": sample_data / "visium/squidpy/test_data.h5ad", "her2st": sample_data / "her2st/ST-cnts/C5.tsv.gz",
             "slide": pd.read_csv(table, nrows=1, low_memory=False)["slide_id"][0]}
 
 
@@ -52,6 +52,7 @@ def cases(gen, stain, f, out):
         (g + ["--rna", f"{out}/none.csv:X"], "RNA file"),
         (g + ["--rna", f"{f['table']}:NO_SUCH_SLIDE"], "has no row with slide_id"),
         (g + ["--rna", f"{f['mouse']}:AAATTGCGGCGGTTCT-1"], "none of its 1999 genes"),
+        (g + ["--rna", f"{f['her2st']}:NOPE"], "has no row 'NOPE'; first ids: ['10x11'"),
         (g + ["--label", "7"], "not one of the model's labels"),
         (g + ["--ref", missing], "missing.png does not exist"),
         (g + ["--ref", str(f["grey"])], "has mode L"),
@@ -107,3 +108,13 @@ def test_vary_resizes_a_larger_patch_to_the_model_and_says_so(generate_dir, file
     assert "is 96x96 px; resized to the model's 32x32 px" in err
     image = read_params(out / "vary-00000.png")["mupd:conditions"]["image"]
     assert image["resized_from"] == [96, 96] and image["source"] == str(files["pcam"])
+
+
+def test_the_quick_rna_check_agrees_with_the_full_reader(files):
+    """The pre-flight reads only names; the genes and rows it finds are those read_rna finds."""
+    from mupd.pipelines.inputs import read_rna
+    from mupd.pipelines.preflight import rna_names
+
+    for spec in (f"{files['mouse']}:AACGCGAACGGCAACA-1", f"{files['table']}:{files['slide']}", f"{files['her2st']}:10x12"):
+        quick, full = rna_names(spec), read_rna(spec)
+        assert quick.genes == full.genes and quick.source == full.source, spec
