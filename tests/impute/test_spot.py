@@ -51,11 +51,29 @@ def test_protocol_run_with_baselines_on_real_spots(mini_table):
         assert result["methods"][m]["summary"]["mean_mse"]["mean"] < 5 * mean["mean_mse"]["mean"]
 
 
-@pytest.mark.parametrize("method", ["pixels-ridge", "aligned-retrieval"])
+@pytest.mark.parametrize("method", ["pixels-ridge", "aligned-retrieval", "finetuned"])
 def test_model_folder_round_trip(mini_table, tmp_path, method):
-    settings = runner.RunSettings(image_size=32, align_samples=64, n_components=8, retrieval_k=5)
+    settings = runner.RunSettings(image_size=32, align_samples=64, n_components=8, retrieval_k=5, finetune_epochs=1)
     model = SpotModel.fit(method, mini_table, n_genes=12, settings=settings)
     before = model.predict(mini_table.images[:6])
     loaded = SpotModel.load(model.save(tmp_path / "m"))
     assert loaded.genes == model.genes and loaded.config["train_sections"] == ["B4", "C5"]
     np.testing.assert_allclose(loaded.predict(mini_table.images[:6]), before, rtol=1e-5, atol=1e-6)
+
+
+def test_encoder_ridge_with_a_registry_encoder_saved_offline(mini_table, tmp_path):
+    """(a) with a real registry class (a tiny random timm ViT saved like a foundation model's folder)."""
+    import timm
+
+    args = dict(img_size=32, patch_size=16, embed_dim=24, depth=1, num_heads=2)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **args)
+    timm.models.save_for_hf(vit, str(tmp_path / "vit"), model_args=args, safe_serialization=True)
+    settings = runner.RunSettings(image_size=32, n_components=8, encoder="timm", encoder_path=str(tmp_path / "vit"))
+    result = runner.run_protocol(protocols.get("her2st-lopo", n_genes=10), mini_table, methods=["encoder-ridge"],
+                                 settings=settings, progress=False)
+    assert result["settings"]["encoder"] == "timm" and len(result["methods"]["encoder-ridge"]["folds"]) == 2
+    model = SpotModel.fit("encoder-ridge", mini_table, n_genes=10, settings=settings)
+    loaded = SpotModel.load(model.save(tmp_path / "m"))
+    np.testing.assert_allclose(loaded.predict(mini_table.images[:4]), model.predict(mini_table.images[:4]), atol=1e-6)
+    with pytest.raises(Exception, match="needs an encoder"):
+        runner.run_protocol(protocols.get("her2st-lopo"), mini_table, methods=["encoder-ridge"], progress=False)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 
-METHOD_NAMES = ("mean", "pixels-ridge", "untrained-ridge", "aligned-ridge", "aligned-retrieval", "finetuned")  # = runner.METHODS
+METHOD_NAMES = ("mean", "pixels-ridge", "untrained-ridge", "aligned-ridge", "aligned-retrieval", "finetuned",
+                "encoder-ridge")  # = runner.METHODS (not imported: the CLI root must not import torch)
 
 
 def register(subparsers) -> None:
@@ -23,6 +24,7 @@ def register(subparsers) -> None:
     train.add_argument("--gene-rule", default="variance", choices=("variance", "mean"))
     train.add_argument("--align-samples", type=int, default=2048, help="contrastive pairs for the aligned towers")
     train.add_argument("--epochs", type=int, default=3, help="finetuned: epochs")
+    _encoder_arguments(train)
     train.add_argument("--out", required=True, help="model folder to write")
     train.set_defaults(func=run_train)
     predict = sub.add_parser("predict", help="predict a section (or an AnnData/Visium file) -> .h5ad, maps, report")
@@ -37,12 +39,13 @@ def register(subparsers) -> None:
     predict.set_defaults(func=run_predict)
     evaluate = sub.add_parser("evaluate", help="run every method and baseline under a named protocol -> JSON")
     evaluate.add_argument("--protocol", required=True, help="her2st-loso or her2st-lopo")
-    evaluate.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=METHOD_NAMES)
+    evaluate.add_argument("--methods", nargs="+", default=list(METHOD_NAMES[:-1]), choices=METHOD_NAMES)
     evaluate.add_argument("--data", help="her2st folder (default: the sample data's her2st/)")
     evaluate.add_argument("--genes", type=int, default=250)
     evaluate.add_argument("--gene-rule", default="variance", choices=("variance", "mean"))
     evaluate.add_argument("--align-samples", type=int, default=2048)
     evaluate.add_argument("--epochs", type=int, default=3)
+    _encoder_arguments(evaluate)
     evaluate.add_argument("--out", required=True, help="result JSON")
     evaluate.set_defaults(func=run_evaluate)
     _register_slide(sub)
@@ -97,10 +100,25 @@ def run_slide_predict(args) -> int:
     return 0
 
 
+def _encoder_arguments(parser) -> None:
+    parser.add_argument("--encoder", help="encoder-ridge: a registry image encoder (uni, virchow2, timm, plip, ...)")
+    parser.add_argument("--encoder-path", help="encoder-ridge: its local weights folder (or hf-hub:ID to download)")
+
+
 def _settings(args):
+    from pathlib import Path
+
+    from ..errors import require
     from .runner import RunSettings
 
-    return RunSettings(align_samples=args.align_samples, finetune_epochs=args.epochs)
+    if args.encoder:  # name and folder checked before any spot is loaded
+        from ..encoders import registry
+
+        registry.entry("image", args.encoder)
+        require(args.encoder_path is None or str(args.encoder_path).startswith("hf-hub:") or
+                Path(args.encoder_path).is_dir(), f"--encoder-path {args.encoder_path} is not a folder")
+    return RunSettings(align_samples=args.align_samples, finetune_epochs=args.epochs, encoder=args.encoder,
+                       encoder_path=args.encoder_path)
 
 
 def run_train(args) -> int:

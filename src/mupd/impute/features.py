@@ -34,6 +34,14 @@ def untrained_encoder(image_size: int = 64, seed: int = 0):
     return SmallImageTower(128, 128, image_size).eval().requires_grad_(False)
 
 
+def registry_encoder(settings):
+    """The frozen registry image encoder named in the run settings (``encoder``, ``encoder_path``)."""
+    from ..encoders import registry
+
+    kwargs = {"path": settings.encoder_path} if settings.encoder_path else {}
+    return registry.build("image", settings.encoder, **kwargs).eval()
+
+
 @torch.no_grad()
 def encoder_features(encoder, images: np.ndarray, batch_size: int = 128, pooled_tokens: bool = True) -> np.ndarray:
     """Pooled tokens (``pooled_tokens``) or the encoder's ``embed`` vector, for every crop."""

@@ -16,7 +16,7 @@ import torch
 from ..checkpoint import atomic_folder, load_tensors, read_json, save_tensors, write_json
 from ..errors import MupdError, require
 from . import protocols
-from .features import encoder_features, pixel_features, untrained_encoder
+from .features import encoder_features, pixel_features, registry_encoder, untrained_encoder
 from .ridge import RidgeReadout
 from .runner import METHODS, NEEDS_ALIGNMENT, RunSettings
 
@@ -37,6 +37,7 @@ class SpotModel:
             progress: bool = False) -> "SpotModel":
         require(method in METHODS, f"unknown imputation method '{method}'; known: {list(METHODS)}")
         settings = settings or RunSettings()
+        require(method != "encoder-ridge" or settings.encoder, "method encoder-ridge needs --encoder NAME (and --encoder-path DIR)")
         genes = protocols.select_genes(table.counts, table.genes, n_genes, gene_rule)
         y = protocols.normalised_panel(table.counts, table.genes, genes, sample_ids=table.ids)
         groups = np.asarray(table.section)
@@ -73,6 +74,8 @@ class SpotModel:
     def features(self, images: np.ndarray) -> np.ndarray:
         if self.method == "pixels-ridge":
             return pixel_features(images)
+        if self.method == "encoder-ridge":
+            return encoder_features(registry_encoder(RunSettings(**self.config["settings"])), images, pooled_tokens=False)
         if self.method == "untrained-ridge":
             return encoder_features(untrained_encoder(images.shape[1], self.config["settings"]["seed"]), images)
         return encoder_features(self.align.towers["image"], images)

@@ -8,6 +8,8 @@ Methods (names used in results and on the command line):
 * ``aligned-ridge``      (a) frozen features of the fold's aligned image tower -> PCA -> ridge
 * ``aligned-retrieval``  (c) BLEEP-style: nearest training spots in the aligned image<->RNA space
 * ``finetuned``          (b) the fold's aligned image tower trained end to end with a regression head
+* ``encoder-ridge``      (a) with any registry image encoder (UNI, Virchow2, timm, ...; ``encoder`` +
+  ``encoder_path`` in the settings): frozen pretrained features -> PCA -> ridge (HEST-Benchmark's read-out)
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import numpy as np
 
 from ..errors import require
 from . import evaluate, protocols
-from .features import encoder_features, pixel_features, untrained_encoder
+from .features import encoder_features, pixel_features, registry_encoder, untrained_encoder
 from .ridge import RidgeReadout
 
-METHODS = ("mean", "pixels-ridge", "untrained-ridge", "aligned-ridge", "aligned-retrieval", "finetuned")
+METHODS = ("mean", "pixels-ridge", "untrained-ridge", "aligned-ridge", "aligned-retrieval", "finetuned", "encoder-ridge")
+DEFAULT_METHODS = METHODS[:-1]  # encoder-ridge needs pretrained weights the user names
 NEEDS_ALIGNMENT = {"aligned-ridge", "aligned-retrieval", "finetuned"}
 
 
@@ -34,6 +37,8 @@ class RunSettings:
     retrieval_k: int = 50
     n_components: int = 64
     seed: int = 0
+    encoder: str | None = None  # encoder-ridge: a registry image encoder name ...
+    encoder_path: str | None = None  # ... and its local weights folder (or an explicit hf-hub: id)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -51,7 +56,7 @@ def load_table(protocol: protocols.Protocol, root, image_size: int, max_spots: i
     return drop_empty(table)
 
 
-def run_protocol(protocol: protocols.Protocol, table, methods=METHODS, settings: RunSettings | None = None,
+def run_protocol(protocol: protocols.Protocol, table, methods=DEFAULT_METHODS, settings: RunSettings | None = None,
                  progress: bool = True, cache: dict | None = None) -> dict:
     """Every method on every fold; returns the result dict (protocol resolved, per-fold, summary).
     ``cache`` may be shared between protocols over the same table: a fold with exactly the same
@@ -61,6 +66,8 @@ def run_protocol(protocol: protocols.Protocol, table, methods=METHODS, settings:
     settings = settings or RunSettings()
     unknown = [m for m in methods if m not in METHODS]
     require(not unknown, f"unknown imputation method(s) {unknown}; known: {list(METHODS)}")
+    require("encoder-ridge" not in methods or settings.encoder, "method encoder-ridge needs an encoder (--encoder NAME "
+                                                                "--encoder-path DIR, e.g. uni with its weights folder)")
     start = time.perf_counter()
     folds = protocols.make_folds(protocol, table.section)
     cache = {} if cache is None else cache
@@ -121,8 +128,12 @@ def predict_method(method, table, train, test, y_train, groups, model, settings:
     """(prediction for the test spots, resolved hyper-parameters) for one method on one fold."""
     if method == "mean":
         return np.broadcast_to(y_train.mean(0), (len(test), y_train.shape[1])).copy(), {}
-    if method in ("pixels-ridge", "untrained-ridge", "aligned-ridge"):
-        if method == "pixels-ridge":
+    if method.endswith("-ridge"):
+        if method == "encoder-ridge":
+            if "encoder" not in cache:  # pretrained and frozen: the same features in every fold
+                cache["encoder"] = encoder_features(registry_encoder(settings), table.images, pooled_tokens=False)
+            xtr, xte = cache["encoder"][train], cache["encoder"][test]
+        elif method == "pixels-ridge":
             x = cache.setdefault("pixels", pixel_features(table.images))
             xtr, xte = x[train], x[test]
         elif method == "untrained-ridge":
