@@ -95,8 +95,9 @@ def survival_cv(x, time, event, case_ids, folds: list[Fold], spec: HeadSpec, see
 
 
 def classification_cv(x, labels, n_classes: int, case_ids, folds: list[Fold], spec: HeadSpec, seeds=(0,), mask=None,
-                      progress=None):
-    """Out-of-fold class probabilities -> DataFrame(case_id, fold, seed, label, prob_0..prob_{K-1})."""
+                      progress=None, on_fit=None):
+    """Out-of-fold class probabilities -> DataFrame(case_id, fold, seed, label, prob_0..prob_{K-1}).
+    ``on_fit(fold, seed, model)`` sees each fitted head (e.g. to read a test bag's attention)."""
     import pandas as pd
     import torch
 
@@ -121,6 +122,8 @@ def classification_cv(x, labels, n_classes: int, case_ids, folds: list[Fold], sp
             for k in range(n_classes):
                 frame[f"prob_{k}"] = prob[:, k]
             rows.append(frame)
+            if on_fit is not None:
+                on_fit(fold, seed, model)
             if progress is not None:
                 progress.update(1)
     return pd.concat(rows, ignore_index=True)

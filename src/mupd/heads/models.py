@@ -78,7 +78,8 @@ class BagHead(nn.Module):
         """Per-tile attention (ABMIL only; TransMIL has no single attention vector) or None."""
         if self.aggregator_name != "abmil":
             return None
-        return self.aggregator(x, mask, return_attention=True)[1]
+        with torch.no_grad():
+            return self.aggregator(x, mask, return_attention=True)[1]
 
 
 def build_head(name: str, in_dim: int, out_dim: int, *, hidden: int = 64, dropout: float = 0.25,

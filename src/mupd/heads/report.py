@@ -85,8 +85,9 @@ def confusion_plot(matrix, class_names: list[str], path: Path) -> str:
     return _save(fig, path)
 
 
-def attention_plot(tiles: np.ndarray, attention: np.ndarray, path: Path, title: str = "") -> str:
-    """A bag's tiles (N, H, W, 3) uint8 in a grid, each outlined and tinted by its attention weight."""
+def attention_plot(tiles: np.ndarray, attention: np.ndarray, path: Path, title: str = "", marked=None) -> str:
+    """A bag's tiles (N, H, W, 3) uint8 in a grid, each outlined by its attention weight (inferno:
+    dark = low, yellow = high); ``marked`` (N,) bool tiles get a "*" (e.g. the truly positive ones)."""
     import matplotlib
 
     n = len(tiles)
@@ -103,7 +104,8 @@ def attention_plot(tiles: np.ndarray, attention: np.ndarray, path: Path, title: 
         colour = cmap(weight[i])
         ax.add_patch(matplotlib.patches.Rectangle((0, 0), tiles[i].shape[1] - 1, tiles[i].shape[0] - 1, fill=False,
                                                   edgecolor=colour, lw=2 + 4 * weight[i]))
-        ax.set_title(f"{attention[i]:.2f}", fontsize=7, color=colour if weight[i] > 0.3 else "grey")
+        star = " *" if marked is not None and marked[i] else ""
+        ax.set_title(f"{attention[i]:.2f}{star}", fontsize=7, color="black" if weight[i] > 0.5 else "grey")
     fig.suptitle(title or "attention over the bag's tiles (ABMIL)", fontsize=9)
     return _save(fig, path)
 
