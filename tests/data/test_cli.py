@@ -171,3 +171,14 @@ def test_bad_paths_and_options_fail_before_any_work(tmp_path, capsys):
     for argv, message in cases:
         assert main(argv) == 2, argv
         assert message in capsys.readouterr().err, argv
+
+
+def test_encode_refuses_a_vocabulary_without_shared_genes_before_loading_the_autoencoder(sample_data, tmp_path, capsys):
+    visium = sample_data / "visium" / "squidpy"
+    assert main(["data", "index", str(visium / "test_data.h5ad"), "--image", str(visium / "test_img.jpg"), "--size", "16",
+                 "--out", str(tmp_path / "v.csv"), "--no-progress"]) == 0
+    GeneVocabulary.fit(np.ones((3, 2)), ["NOT_A_GENE_1", "NOT_A_GENE_2"], "none", zscore=False).save(tmp_path / "vocab.json")
+    (tmp_path / "vae").mkdir()  # exists, but holds no autoencoder: loading it would fail differently
+    assert main(["data", "encode", str(tmp_path / "v.csv"), "--vae", str(tmp_path / "vae"), "--out", str(tmp_path / "s"),
+                 "--vocabulary", str(tmp_path / "vocab.json"), "--no-progress"]) == 2
+    assert "share none of the vocabulary's 2 genes" in capsys.readouterr().err

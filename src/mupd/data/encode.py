@@ -110,16 +110,12 @@ def encode_dataset(job: EncodeJob, *, progress: bool = True, rank: int | None = 
     try:
         records = load_source(job)
         n_shards = math.ceil(len(records) / job.shard_size)
+        vocabulary = _load_vocabulary(job, records)  # checked before any model loads
         device = settings.torch_device()
         vae = LatentAutoencoder.from_pretrained(job.vae, device=device)
         paired = any(r.source_image is not None for r in records)
         source_vae = (LatentAutoencoder.from_pretrained(job.source_vae, device=device) if job.source_vae else vae) if paired else None
         encoders = _build_encoders(job, device)
-        vocabulary = None
-        if job.vocabulary:
-            from .expression import GeneVocabulary
-
-            vocabulary = GeneVocabulary.load(job.vocabulary)
         mine = [k for k in range(rank, n_shards, world)]
         plans = {k: records[k * job.shard_size:(k + 1) * job.shard_size] for k in mine}
         signature = _signature(job, vae, source_vae)
@@ -144,6 +140,23 @@ def encode_dataset(job: EncodeJob, *, progress: bool = True, rank: int | None = 
         if created:
             torch.distributed.destroy_process_group()
     return out
+
+
+def _load_vocabulary(job: EncodeJob, records: list[Record]):
+    """The gene vocabulary, once every record is known to carry expression over genes it shares."""
+    if not job.vocabulary:
+        return None
+    from .expression import GeneVocabulary
+
+    vocabulary = GeneVocabulary.load(job.vocabulary)
+    without = [r.id for r in records if r.expression is None]
+    require(not without, f"{len(without)} records carry no expression but --vocabulary was given, first {without[:3]}")
+    known = set(vocabulary.genes)
+    for gene_list in {tuple(r.genes) for r in records}:
+        shared = len(known.intersection(gene_list))
+        require(shared > 0, f"the records' genes (e.g. {list(gene_list[:3])}) share none of the vocabulary's "
+                f"{len(known)} genes ({job.vocabulary}); fit the vocabulary on this data (`mupd data vocab`) or map gene ids")
+    return vocabulary
 
 
 def _signature(job: EncodeJob, vae, source_vae) -> str:
