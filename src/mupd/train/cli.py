@@ -37,6 +37,8 @@ def register(subparsers) -> None:
     demo.add_argument("--data", default=None, help="a folder with one sub-folder of image patches per class (default: PCam from the sample data)")
     demo.add_argument("--image-size", type=int, default=64, help="patch size in pixels (PCam's 96 px are resized), default 64")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--dataset", choices=("pcam", "her2st"), default="pcam",
+                      help="pcam: text-conditioned (default); her2st: RNA-conditioned spot crops, held-out section C5 (--data: a her2st folder)")
     demo.add_argument("--eval-samples", type=int, default=None, help="generated patches for FID/KID (default ~26 per minute, max 128)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=run_demo)
@@ -132,6 +134,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    if getattr(args, "dataset", "pcam") == "her2st":
+        from .demo_her2st import run_demo_her2st
+
+        out = "./mupd-demo-her2st" if args.out == "./mupd-demo" else args.out
+        summary = run_demo_her2st(minutes=args.minutes, out=out, seed=args.seed, progress=not args.no_progress,
+                                  threads=args.threads, root=args.data)
+        print(f"mupd demo: wrote {summary['out']}/grid.png, metrics.json, report.html and checkpoint/", flush=True)
+        return 0
     from .demo import run_demo as demo
 
     summary = demo(minutes=args.minutes, out=args.out, device=args.device, data=args.data, image_size=args.image_size,
