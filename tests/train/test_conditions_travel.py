@@ -31,7 +31,7 @@ def her2st(sample_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(her2st, sample_data, tmp_path_factory):
-    """A 2-step RNA-conditioned run of the real Trainer on 'mupd data encode'-style shards."""
+    """A 4-step RNA-conditioned run of the real Trainer on 'mupd data encode'-style shards."""
     from mupd.data.shards import write_shards
     from mupd.encoders.vae import LatentAutoencoder
     from mupd.train.data import encode_pixels
@@ -50,7 +50,7 @@ def trained(her2st, sample_data, tmp_path_factory):
     cfg = TrainConfig.from_dict({
         "preset": "tiny", "output": str(root / "run"), "seed": 3, "progress": False, "deterministic": True,
         "data": {"source": "shards", "path": str(root / "shards"), "image_size": 32},
-        "vae": {"path": str(vae_dir)}, "total_images": 16,
+        "vae": {"path": str(vae_dir)}, "total_images": 32,  # step 3 is the first with a gradient for the tokens
         "conditions": {"rna": {"name": "pathway-tokens",
                                "kwargs": {"width": 16, "pathways": str(sample_data / "genesets" / "combine_signatures.csv")}}},
     })
@@ -63,7 +63,8 @@ def _in_memory_pipeline(trainer):
     from mupd.pipelines import Pipeline
 
     index = read_json(trainer.checkpoint_dir / "model_index.json")
-    bundle = Bundle(trainer.checkpoint_dir, index, trainer.ema.module, trainer.vae, None, trainer.encoders, trainer.data.vocabulary, None)
+    bundle = Bundle(trainer.checkpoint_dir, index, trainer.ema.module, trainer.vae, None, trainer.inference_encoders(),
+                    trainer.data.vocabulary, None)
     return Pipeline(bundle, device="cpu")
 
 
@@ -78,7 +79,8 @@ def test_rna_tokens_and_pixels_survive_save_and_load(trained, her2st, tmp_path):
     folder = trainer.checkpoint_dir
     index = read_json(folder / "model_index.json")
     entry = index["encoders"]["rna"]
-    assert entry["path"] == "encoders/rna" and entry["weights_sha256"] == weights_sha256(trainer.encoders["rna"])
+    encoder = trainer.inference_encoders()["rna"]  # the EMA of the learned token embeddings
+    assert entry["path"] == "encoders/rna" and entry["weights_sha256"] == weights_sha256(encoder)
     assert entry["licence"]["licence"].startswith("Apache-2.0") and entry["licence"]["name"] == "pathway-tokens"
     assert index["licence"]["commercial"] == entry["licence"]["commercial"]
     assert (folder / "gene_vocabulary.json").exists()
@@ -86,7 +88,7 @@ def test_rna_tokens_and_pixels_survive_save_and_load(trained, her2st, tmp_path):
     # the condition tokens of the reloaded encoder are bit-identical
     bundle = load_bundle(folder)
     x = torch.from_numpy(np.asarray(vocabulary.transform(table.counts[:4], table.genes)[0], np.float32))
-    ours, mask = trainer.encoders["rna"].encode(x)
+    ours, mask = encoder.encode(x)
     theirs, _ = bundle.encoders["rna"].encode(x)
     assert mask.all() and ours.abs().mean() > 0.1
     assert torch.equal(ours, theirs)
@@ -109,7 +111,7 @@ def test_rna_tokens_and_pixels_survive_save_and_load(trained, her2st, tmp_path):
         np.testing.assert_array_equal(a, b)
         reference = a if reference is None else reference
         np.testing.assert_array_equal(a, reference)  # the three forms carry the same profile
-    # and the RNA reaches the trained model (two steps open the zero-initialised gates only slightly)
+    # and the RNA reaches the trained model (four steps open the zero-initialised gates only slightly)
     g = torch.Generator().manual_seed(0)
     latent = torch.randn(4, *trainer.latent_shape, generator=g)
     with torch.no_grad():
@@ -165,6 +167,20 @@ def test_resume_restores_encoder_weights(trained):
     cfg.output = trainer.cfg.output
     resumed = Trainer(cfg, device="cpu", resume=True)
     assert torch.equal(resumed.encoders["rna"].tokens.weight, trainer.encoders["rna"].tokens.weight)
+    assert torch.equal(resumed.inference_encoders()["rna"].tokens.weight, trainer.inference_encoders()["rna"].tokens.weight)
+
+
+def test_rna_token_embeddings_are_learned(trained):
+    """The RNA encoder built fresh learns with the generator (DESIGN: learned embedding per gene set)."""
+    from mupd.encoders import registry
+
+    trainer, _ = trained
+    encoder = trainer.encoders["rna"]
+    assert encoder.tokens.weight.requires_grad and "encoders.rna.tokens.weight" in dict(trainer.trainable_parameters())
+    with torch.random.fork_rng(devices=[]):  # the same draw as the Trainer's build
+        torch.manual_seed(int(trainer.cfg.seed) + 7_331)
+        initial = registry.build("rna", "pathway-tokens", genes=encoder.genes, width=16, pathways=encoder.pathways)
+    assert not torch.equal(initial.tokens.weight, encoder.tokens.weight)  # the optimiser moved it
 
 
 def test_folder_without_encoder_weights_is_refused(tmp_path):
@@ -179,3 +195,16 @@ def test_folder_without_encoder_weights_is_refused(tmp_path):
     save_bundle(tmp_path / "p", model=model, vae=vae, encoders={"rna": ("gene-tokens", {"genes": ["A", "B"], "width": 8}, None)})
     with pytest.raises(MupdError, match="holds none"):
         load_bundle(tmp_path / "p")
+
+
+def test_learned_rna_encoder_resumes_bit_exact(trained, tmp_path):
+    """16 images, stop, resume to 32 == 32 images in one go (raw weights, EMA and Adam moments of
+    the RNA token embeddings are part of the checkpoint)."""
+    trainer, _ = trained
+    cfg = trainer.cfg.with_overrides([f"output={tmp_path / 'split'}", "total_images=16"])
+    Trainer(cfg, device="cpu").fit()
+    resumed = Trainer(cfg.with_overrides(["total_images=32"]), device="cpu", resume=True)
+    resumed.fit()
+    for ours, theirs in ((resumed.encoders, trainer.encoders), (resumed.inference_encoders(), trainer.inference_encoders())):
+        assert torch.equal(ours["rna"].tokens.weight, theirs["rna"].tokens.weight)
+        assert torch.equal(ours["rna"].tokens.bias, theirs["rna"].tokens.bias)

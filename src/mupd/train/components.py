@@ -51,12 +51,21 @@ def build_encoders(cfg, device, vocabulary=None) -> dict:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(cfg.seed) + 7_331)
             encoder = registry.build(modality, spec.name, **kwargs)
-        out[modality] = encoder.to(device).eval().requires_grad_(False)
+        out[modality] = encoder.to(device).eval().requires_grad_(encoder_trainable(modality, spec))
     return out
 
 
+def encoder_trainable(modality: str, spec) -> bool:
+    """``conditions.<m>.trainable``; unset means: an RNA token encoder built fresh learns its token
+    embeddings with the generator (DESIGN), anything loaded from a path stays frozen."""
+    if spec.trainable is not None:
+        return bool(spec.trainable)
+    return modality == "rna" and not spec.path
+
+
 def load_encoder_weights(encoders: dict, folder: Path) -> None:
-    """On resume: the encoders' saved weights (a checkpoint's ``encoders/<m>/model.safetensors``)."""
+    """On resume: the encoders' saved weights (a checkpoint's ``encoders/<m>/model.safetensors``;
+    for a trained encoder that is its EMA, and ``train_state`` then restores the raw weights)."""
     from ..checkpoint import load_into
 
     for modality, encoder in encoders.items():
@@ -88,7 +97,9 @@ def save_pipeline(folder: Path, trainer, state: dict | None) -> None:
         model = MuPD(trainer.model.config)
         model.load_state_dict(state)
     # the built encoders travel with the model: random/learned weights saved, pretrained ones checksummed
-    encoders = {m: (spec.name, dict(spec.kwargs), spec.path, trainer.encoders[m]) for m, spec in cfg.conditions.items()}
+    # (a trained encoder is saved as its EMA, to match the model's EMA weights)
+    modules = trainer.inference_encoders()
+    encoders = {m: (spec.name, dict(spec.kwargs), spec.path, modules[m]) for m, spec in cfg.conditions.items()}
     vocabulary = trainer.data.vocabulary if "rna" in encoders else None
     labels = {}
     if cfg.data.captions:

@@ -25,7 +25,9 @@ Schema (YAML; every key optional, defaults shown by ``mupd train --preset tiny -
       text: {name: hashed-words, kwargs: {width: 64}, path: null, field: caption}
       # rna: {name: pathway-tokens, kwargs: {width: 64, pathways: genesets/combine_signatures.csv}}
       #   reads the shards' rna_values (field default for rna); the genes come from the shards'
-      #   gene_vocabulary.json; the encoder's weights and the vocabulary are saved with the model
+      #   gene_vocabulary.json; its token embeddings are learned with the generator (trainable:
+      #   null = true for an RNA encoder built fresh, false when loaded from path; EMA like the
+      #   model); the encoder's weights and the vocabulary are saved with the model
     vae: {path: /models/sd-vae-ft-ema, source_path: null}
                                # LatentAutoencoder folder or hub id (needed for folder data,
                                # previews and the pipeline folder); source_path: the source
@@ -106,6 +108,7 @@ class EncoderSpec:
     kwargs: dict = field(default_factory=dict)
     path: str | None = None
     field: str = "caption"
+    trainable: bool | None = None  # None: RNA token encoders built fresh are learned (DESIGN), others frozen
 
 
 @dataclass
@@ -269,6 +272,10 @@ class TrainConfig:
         rna = self.conditions.get("rna")
         if rna is not None and rna.field == "caption":  # the field default is text's; RNA comes from shards
             rna.field = "rna_values"
+        for modality, spec in self.conditions.items():
+            check(not spec.trainable or modality == "rna",
+                  f"conditions.{modality}.trainable: only the RNA token encoders train with the generator; "
+                  f"the {modality} encoder stays frozen (drop 'trainable')")
         check(0.0 <= self.dropout.p_each <= 1.0 and 0.0 <= self.dropout.p_all <= 1.0, "dropout probabilities must lie in [0, 1]")
         return self
 

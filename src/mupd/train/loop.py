@@ -60,6 +60,8 @@ class Trainer:
         from .ema import EMA
 
         self.ema = EMA(self.model, cfg.ema.decay, warmup=cfg.ema.warmup)
+        # learned condition encoders (RNA token embeddings) train and average like the model
+        self.encoder_ema = {m: EMA(e, cfg.ema.decay, warmup=cfg.ema.warmup) for m, e in self.trained_encoders().items()}
         self.projector = self._build_projector()
         from .state import Progress
 
@@ -127,10 +129,26 @@ class Trainer:
         torch.manual_seed(self.cfg.seed + 17)
         return ConvProjector(self.model.config.hidden_size, target_dim, self.cfg.align.projector_dim).to(self.device)
 
+    def trained_encoders(self) -> dict:
+        return {m: e for m, e in self.encoders.items() if any(p.requires_grad for p in e.parameters())}
+
+    def inference_encoders(self) -> dict:
+        """The condition encoders that go with the EMA model: a trained encoder's EMA copy."""
+        return {m: (self.encoder_ema[m].module if m in self.encoder_ema else e) for m, e in self.encoders.items()}
+
+    def extra_modules(self) -> dict | None:
+        """Trained modules outside the model, saved and restored with ``train_state``."""
+        extra = {f"encoder.{m}": e for m, e in self.trained_encoders().items()}
+        if self.projector is not None:
+            extra["projector"] = self.projector
+        return extra or None
+
     def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         if self.projector is not None:
             named += [(f"projector.{n}", p) for n, p in self.projector.named_parameters()]
+        for m, enc in self.trained_encoders().items():
+            named += [(f"encoders.{m}.{n}", p) for n, p in enc.named_parameters() if p.requires_grad]
         return named
 
     # --- checkpoints ----------------------------------------------------------------------------
@@ -154,13 +172,15 @@ class Trainer:
         C.warn_config_changes(folder / "train_state" / "config.yaml", self.cfg, self.dist.is_main)
 
         load_into(self.model, folder / "model" / "model.safetensors")
-        C.load_encoder_weights(self.encoders, folder)
+        C.load_encoder_weights(self.encoders, folder)  # trained ones: their EMA, raw weights follow
+        C.load_encoder_weights({m: ema.module for m, ema in self.encoder_ema.items()}, folder)
         if (folder / "model" / "ema.safetensors").exists():
             load_into(self.ema.module, folder / "model" / "ema.safetensors")
-        extra = {"projector": self.projector} if self.projector is not None else None
         optimizer = None if weights_only else self.optimizer
-        self.progress = load_train_state(folder / "train_state", optimizer=optimizer, params=dict(self.trainable_parameters()), extra_modules=extra)
+        self.progress = load_train_state(folder / "train_state", optimizer=optimizer, params=dict(self.trainable_parameters()), extra_modules=self.extra_modules())
         self.ema.num_updates = self.progress.step
+        for ema in self.encoder_ema.values():
+            ema.num_updates = self.progress.step
         if weights_only and self.dist.is_main:
             print("mupd train: FSDP resume restores weights, EMA, data position and RNG; the AdamW moments restart", flush=True)
         if self.dist.is_main:
@@ -177,8 +197,7 @@ class Trainer:
             with atomic_folder(self.checkpoint_dir) as tmp:
                 C.save_pipeline(tmp, self, state)
                 names = {id(p): n for n, p in self.trainable_parameters()}
-                extra = {"projector": self.projector} if self.projector is not None else None
-                save_train_state(tmp / "train_state", optimizer=None if self.sharded else self.optimizer, param_names=names, progress=self.progress, config_yaml=self.cfg.to_yaml(), extra_modules=extra)
+                save_train_state(tmp / "train_state", optimizer=None if self.sharded else self.optimizer, param_names=names, progress=self.progress, config_yaml=self.cfg.to_yaml(), extra_modules=self.extra_modules())
         D.barrier()
         return self.checkpoint_dir if self.dist.is_main else None
 
@@ -215,7 +234,7 @@ class Trainer:
             else:
                 if spec.field not in batch:
                     raise MupdError(f"conditions.{modality}.field={spec.field!r} is not in the training data (fields: {sorted(batch)})")
-                with torch.no_grad():
+                with torch.set_grad_enabled(modality in self.encoder_ema):  # learned token embeddings
                     tokens, mask = enc.encode(batch[spec.field].to(self.device))
             mask = mask.to(self.device) & keep[modality].to(self.device).unsqueeze(1)
             conditions[modality] = (tokens.to(self.device), mask)
@@ -286,13 +305,16 @@ class Trainer:
                 # sum over samples / global batch, x world because DDP averages gradients
                 (loss.sum() * (W / G)).backward()
                 sums += torch.stack([loss.detach().sum().cpu(), *(x.cpu() for x in terms)]).double()
-        if self.projector is not None and W > 1:
-            _all_reduce_grads(self.projector, W)  # not wrapped in DDP; reduce before the norm is taken
+        if W > 1:  # modules outside DDP: reduce their gradients before the norm is taken
+            for module in (self.extra_modules() or {}).values():
+                _all_reduce_grads(module, W)
         params = [p for _, p in self.trainable_parameters()]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         _ema_update(self.ema, self.model, cfg.parallel == "fsdp" and W > 1)
+        for m, ema in self.encoder_ema.items():
+            ema.update(self.encoders[m])
         self.progress.step += 1
         self.progress.images_seen += G
         self.progress.epoch, self.progress.position_in_epoch = divmod(self.progress.images_seen, len(self.data))
