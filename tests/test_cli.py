@@ -90,3 +90,13 @@ def test_train_names_a_missing_autoencoder_folder_before_loading_anything(sample
                          capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["2", "False"], out.stderr
     assert f"vae.path: {missing} does not exist" in out.stderr
+
+
+def test_an_exported_omp_num_threads_is_respected_when_nothing_else_is_set(monkeypatch):
+    from mupd.settings import resolve_threads, settings
+
+    monkeypatch.setattr(settings, "threads", None)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert resolve_threads() == 3
+    monkeypatch.setattr(settings, "threads", 2)  # MUPD_THREADS / settings win
+    assert resolve_threads() == 2 and resolve_threads(5) == 5

@@ -4,9 +4,10 @@
 picks CUDA when present. ``precision`` is ``"fp32"`` or ``"bf16"`` (autocast on CUDA only).
 
 CPU threads: ``mupd.settings.threads = 4``, ``MUPD_THREADS=4`` or ``--threads 4`` on any heavy
-command (the CLI applies it before the command runs; in Python call ``apply_threads()``); ``None``
-(default) = the cores this process may use (``os.sched_getaffinity``) minus those another process
-keeps busy right now (sampled from ``/proc/stat`` over 0.1 s). Importing mupd before torch also sets
+command (the CLI applies it before the command runs; in Python call ``apply_threads()``); an
+exported ``OMP_NUM_THREADS`` is respected next; otherwise (default) the cores this process may use
+(``os.sched_getaffinity``) minus those another process keeps busy right now (sampled from
+``/proc/stat`` over 0.1 s). Importing mupd before torch also sets
 ``OMP_WAIT_POLICY=PASSIVE`` unless it is set: OpenMP threads then sleep instead of spin-waiting.
 Why: a spinning OpenMP thread on a core another job holds stalls every parallel op (2 cores, one
 busy: 6.8 img/s with 2 threads vs 66.5 with 1; ``benchmarks/threads.py`` measures the policies).
@@ -63,6 +64,9 @@ class Settings:
         import torch
 
         return torch.autocast(device.type, dtype=dtype)
+
+
+_SET_BY_US: dict = {}  # OMP_NUM_THREADS written by apply_threads is not a user's choice
 
 
 def _env_threads() -> int | str | None:
@@ -125,12 +129,14 @@ def default_threads() -> int:
 
 
 def resolve_threads(threads: int | None = None) -> int:
-    """``threads`` if given, else ``settings.threads`` / ``MUPD_THREADS``, else ``default_threads()``."""
+    """``threads`` if given, else ``settings.threads`` / ``MUPD_THREADS``, else an ``OMP_NUM_THREADS``
+    the user exported, else ``default_threads()``."""
     from .errors import MupdError
 
     chosen = threads if threads is not None else settings.threads
     if chosen is None:
-        return default_threads()
+        omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+        return int(omp) if omp.isdigit() and int(omp) > 0 and not _SET_BY_US.get("omp") else default_threads()
     if not isinstance(chosen, int) or chosen < 1:
         where = "--threads" if threads is not None else "mupd.settings.threads / $MUPD_THREADS"
         raise MupdError(f"{where} must be a positive integer (CPU threads), not {chosen!r}")
@@ -144,6 +150,7 @@ def apply_threads(threads: int | None = None, *, import_torch: bool = True) -> i
     n = resolve_threads(threads)
     if "torch" not in sys.modules and not import_torch:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
+        _SET_BY_US["omp"] = True
         return n
     import torch
 
