@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "mupd.data.cli",  # data tile|index|encode, vae train
     "mupd.impute.cli",
     "mupd.heads.cli",
+    "mupd.app.cli",
 )
 
 # Commands that compute; each gets ``--threads`` here (one place) and the threads are set before it runs.
