@@ -28,7 +28,9 @@ COMMAND_MODULES = (
 
 # Commands that compute; each gets ``--threads`` here (one place) and the threads are set before it runs.
 HEAVY_COMMANDS = ("train", "demo", "evaluate", "generate", "vary", "stain", "translate", "augment",
-                  "data tile", "data index", "data encode", "vae train", "align train", "align evaluate")
+                  "data tile", "data index", "data encode", "vae train", "align train", "align evaluate",
+                  "impute train", "impute predict", "impute evaluate", "impute slide-train", "impute slide-predict",
+                  "heads train")
 
 OPTIONAL_PACKAGES = {
     "timm": "encoders",
