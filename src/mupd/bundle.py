@@ -127,11 +127,12 @@ def _load_encoder(folder: Path, modality: str, spec: dict):
             f"random one. Re-save with save_bundle(..., encoders={{'{modality}': (name, kwargs, None, encoder)}}) or retrain"
         )
     if expected and weights_sha256(encoder) != expected:
-        where = spec.get("reference") or spec.get("path") or "name + kwargs"
+        where = spec.get("reference") or spec.get("path") or spec.get("state") or "name + kwargs"
+        fix = (f"point encoders.{modality}.reference at the original weights" if spec.get("reference")
+               else f"restore {where} from the training checkpoint")
         raise MupdError(
             f"{folder / 'model_index.json'}: the {modality} encoder '{spec['name']}' built from {where} has other weights "
-            f"than the model was trained with (sha256 {weights_sha256(encoder)[:12]} != {expected[:12]}); "
-            f"point encoders.{modality}.reference at the original weights"
+            f"than the model was trained with (sha256 {weights_sha256(encoder)[:12]} != {expected[:12]}); {fix}"
         )
     return encoder
 
