@@ -89,3 +89,11 @@ def test_bags_of_different_widths_are_refused():
 def test_unknown_cohort_names_the_choices():
     with pytest.raises(MupdError, match="choose one of .*'kirc'"):
         load_cohort("nosuchcohort")
+
+
+def test_missing_labels_are_not_a_class(kirp_table, tmp_path):
+    table = kirp_table.copy()
+    table["grade"] = ["low"] * 30 + ["high"] * 25 + [None] * (len(table) - 55)
+    cohort = load_cohort(_write(table, tmp_path / "grade.csv.gz"))
+    labels, classes, keep = cohort.labels("grade", min_count=10)
+    assert classes == ["high", "low"] and keep.sum() == len(labels) == cohort.clinical["grade"].notna().sum()

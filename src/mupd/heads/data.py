@@ -38,12 +38,14 @@ class Cohort:
         dropped. Returns (labels, class names, kept-row mask)."""
         require(column in self.clinical.columns, f"cohort {self.name} has no column '{column}'; "
                 f"choose one of {[c for c in self.clinical.columns if c != 'case_id']}")
-        values = self.clinical[column].astype(str).to_numpy()
-        names, counts = np.unique(values, return_counts=True)
+        column_values = self.clinical[column]
+        # A missing label is not a class: those patients are left out (kept-row mask False).
+        values = np.where(column_values.notna(), column_values.astype(str), "").astype(str)
+        names, counts = np.unique(values[values != ""], return_counts=True)
         classes = [str(n) for n, c in zip(names, counts) if c >= min_count]
         require(len(classes) >= 2, f"cohort {self.name}: column '{column}' has fewer than 2 classes with "
                 f">= {min_count} patients ({dict(zip(names.tolist(), counts.tolist()))}); pick another label")
-        keep = np.isin(values, classes)
+        keep = np.isin(values, classes) & (values != "")
         return np.searchsorted(classes, values[keep]), classes, keep
 
 
