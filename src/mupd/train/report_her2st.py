@@ -32,7 +32,7 @@ def conditions_for(trainer, data, rows: np.ndarray, mode: str, rna_rows: np.ndar
     if mode in ("rna", "both") and "rna" in trainer.encoders:
         source = rows if rna_rows is None else rna_rows
         with torch.no_grad():
-            cond["rna"] = trainer.encoders["rna"].encode(torch.from_numpy(data.rna[source]))
+            cond["rna"] = trainer.inference_encoders()["rna"].encode(torch.from_numpy(data.rna[source]))  # EMA, as the model
     if mode in ("text", "both") and "text" in trainer.encoders:
         cond["text"] = trainer._encode_captions(trainer.encoders["text"], [data.captions[i] for i in rows])
     return cond
