@@ -31,6 +31,7 @@ CONFIGS = {
     "taef2-96-wide": {"autoencoder": "taef2", "image_size": 96, "model": {"depth": 6, "hidden_size": 192, "num_heads": 6}},
     "taef2-96-lr2e-3": {"autoencoder": "taef2", "image_size": 96, "lr": 2e-3},
     "taef2-96-bs64": {"autoencoder": "taef2", "image_size": 96, "batch_size": 64, "lr": 2e-3},
+    "taef2-96-w256": {"autoencoder": "taef2", "image_size": 96, "model": {"depth": 6, "hidden_size": 256, "num_heads": 8}},
     "taef2-96-d8": {"autoencoder": "taef2", "image_size": 96, "model": {"depth": 8, "hidden_size": 128, "num_heads": 4}},
 }
 

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 
 def load_uint8(paths, size: int) -> torch.Tensor:
@@ -35,40 +34,15 @@ def load_uint8(paths, size: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-class SmallCNN(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 2))
+def train_classifier(x: torch.Tensor, y: torch.Tensor, seconds: float, seed: int = 0):
+    """The demo's own judge (``mupd.train.demo_check``), trained longer here on more patches."""
+    from mupd.train.demo_check import train_classifier as train
 
-    def forward(self, x):
-        return self.net(x)
+    return train(x, y, seconds=seconds, seed=seed)[0]
 
 
-def train_classifier(x: torch.Tensor, y: torch.Tensor, seconds: float, seed: int = 0) -> SmallCNN:
-    torch.manual_seed(seed)
-    model = SmallCNN()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    g = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        idx = torch.randint(0, len(x), (64,), generator=g)
-        xb = x[idx].float() / 127.5 - 1
-        if torch.rand((), generator=g) < 0.5:
-            xb = xb.flip(-1)
-        xb = torch.rot90(xb, int(torch.randint(0, 4, (), generator=g)), (2, 3))
-        loss = F.cross_entropy(model(xb), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return model.eval()
-
-
-@torch.no_grad()
 def predict(model, x: torch.Tensor) -> np.ndarray:
-    return torch.cat([model(c.float() / 127.5 - 1).argmax(1) for c in x.split(256)]).numpy()
+    return model.predict(x)
 
 
 @torch.no_grad()
