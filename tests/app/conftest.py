@@ -48,7 +48,7 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = binary
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,1000", "--disable-extensions", "--no-first-run"):
+                "--window-size=1280,1250", "--disable-extensions", "--no-first-run"):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)

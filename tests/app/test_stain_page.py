@@ -91,7 +91,11 @@ def test_limits_and_wrong_model_give_clear_errors(site, tmp_path):
     message = wait_for(driver, error_text)
     assert "uploads are limited to 0.2 MB" in message
     driver.save_screenshot(str(tmp_path / "limits.png"))
-    # a stain model cannot generate from text: the Generate button is off and says why
+    # a stain model cannot generate from text: the Generate button is off and says why; only its
+    # streams are offered
+    driver.find_element("css selector", "nav button[data-tab=generate]").click()
+    assert driver.find_element("id", "f-text").is_displayed()
+    assert not driver.find_element("id", "f-rna").is_displayed() and not driver.find_element("id", "f-image").is_displayed()
     assert not driver.find_element("id", "generate-button").is_enabled()
     notice = driver.find_element("id", "generate-results").get_attribute("textContent")
     assert notice == "this is a stain model: use the Stain / translate tab"

@@ -1,6 +1,7 @@
 """The page's HTML and CSS: hand-written, no framework, no CDN, so it works offline."""
 
 CSS = """
+[hidden]{display:none !important}
 body{font:15px/1.4 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
 header{background:#4b2a5c;color:#fff;padding:8px 16px;display:flex;gap:16px;align-items:baseline;flex-wrap:wrap}
 header h1{font-size:20px;margin:0}#status,#licence-detail{font-size:13px}

@@ -29,8 +29,11 @@ def status(pipe, limits: Limits) -> dict:
     for modality, entry in (pipe.index.get("encoders") or {}).items():
         facts = entry.get("licence") or {}
         encoders[modality] = {"name": entry.get("name"), "licence": facts.get("licence", "unknown"),
-                              "commercial": facts.get("commercial", "check")}
-    commercial = str((pipe.index.get("licence") or {}).get("commercial", "check"))
+                              "commercial": _answer(facts.get("commercial"))}
+    recorded = (pipe.index.get("licence") or {}).get("commercial")
+    order = ["yes", "check", "no"]  # a folder without the overall answer: the strictest of its encoders
+    commercial = _answer(recorded) if recorded is not None else max(
+        (e["commercial"] for e in encoders.values()), key=order.index, default="check")
     name = pipe.path.name if pipe.path else "model"
     if name in ("checkpoint", "pipeline") and pipe.path is not None:  # e.g. mupd-demo/checkpoint
         name = f"{pipe.path.parent.name}/{name}"
@@ -41,6 +44,13 @@ def status(pipe, limits: Limits) -> dict:
                         "encoders": encoders},
             "limits": {"max_upload_mb": limits.max_upload_mb, "max_pixels": limits.max_pixels,
                        "max_n": limits.max_n, "max_steps": limits.max_steps}}
+
+
+def _answer(value) -> str:
+    """A commercial-use answer as yes / no / check (older folders stored booleans)."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return value if value in ("yes", "no", "check") else "check"
 
 
 async def _form(request) -> tuple[dict, dict]:
