@@ -12,7 +12,8 @@ Per cohort: 5-fold CV split by patient (stratified by event, fold seed 0), one s
 
 lifelines' ``CoxPHFitter`` on all ~1,550 genes did not finish one cohort in 10 minutes on the
 2-core box, so lifelines' Cox is run on clinical and pathway inputs only.
-C-index 95 % CI: Student-t over the 5 fold values. UCEC is skipped (its table has no RNA).
+C-index 95 % CI: Student-t over the 5 fold values. UCEC's table has no RNA: clinical baseline only.
+``integrated_brier`` is reported for the discrete-time (NLL) heads only (NaN for risk-only models).
 
     OMP_NUM_THREADS=1 timeout 1200 python benchmarks/heads_tcga.py --out benchmarks/results/heads_tcga.json
 """
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mupd.errors import MupdError
 from mupd.heads.crossval import HeadSpec, classification_cv, survival_cv
 from mupd.heads.data import feature_matrix, load_cohort
 from mupd.heads.evaluate import classification_metrics, survival_metrics
@@ -53,13 +55,19 @@ def _round(d: dict) -> dict:
 
 
 def survival_cohort(name: str, seeds, with_tokens: bool) -> dict:
-    cohort = load_cohort(name)
+    try:
+        cohort = load_cohort(name)
+        methods = dict(METHODS)
+    except MupdError as exc:  # UCEC: no RNA columns -> the clinical baseline only
+        cohort = load_cohort(name, need_rna=False)
+        methods = {"clinical/lifelines-cox": METHODS["clinical/lifelines-cox"]}
+        print(f"  {name}: clinical only ({exc})", flush=True)
     folds = patient_folds(cohort.case_ids, cohort.event, 5, seed=0)
     check_fold_events(folds, cohort.event)
-    methods = dict(METHODS)
     if with_tokens:
         methods["genes/pathway-tokens-nll"] = TOKENS
-    result = {"n_patients": len(cohort), "n_events": int(cohort.event.sum()), "methods": {}}
+    result = {"n_patients": len(cohort), "n_events": int(cohort.event.sum()), "methods": {},
+              **({} if cohort.expression is not None else {"note": "no RNA in this table: clinical baseline only"})}
     features = {}
     for method, (kind, spec_kwargs) in methods.items():
         if kind not in features:
@@ -75,6 +83,7 @@ def survival_cohort(name: str, seeds, with_tokens: bool) -> dict:
                               seeds=(0,) if spec.head == "lifelines-cox" else seeds)
         m = survival_metrics(pred)
         result["methods"][method] = {"c_index": _round(m["c_index"]), "td_auc": round(m["td_auc"]["value"], 4),
+                                     "integrated_brier": round(m["integrated_brier"]["value"], 4),
                                      "logrank_p": float(f"{m['logrank_p']:.3g}"), "seconds": round(time.perf_counter() - start, 1)}
         print(f"  {name:9s} {method:26s} C {m['c_index']['value']:.3f} [{m['c_index']['low']:.3f}, "
               f"{m['c_index']['high']:.3f}]  {time.perf_counter() - start:5.1f}s", flush=True)
@@ -82,10 +91,10 @@ def survival_cohort(name: str, seeds, with_tokens: bool) -> dict:
 
 
 def classification_cohort(name: str, seeds) -> dict | None:
-    cohort = load_cohort(name)
     try:
+        cohort = load_cohort(name)
         y, classes, keep = cohort.labels("oncotree_code", 10)
-    except Exception:
+    except MupdError:  # one subtype only, or no RNA
         return None
     x = cohort.expression[keep]
     folds = patient_folds(cohort.case_ids[keep], y, 5, seed=0)

@@ -97,3 +97,13 @@ def test_missing_labels_are_not_a_class(kirp_table, tmp_path):
     cohort = load_cohort(_write(table, tmp_path / "grade.csv.gz"))
     labels, classes, keep = cohort.labels("grade", min_count=10)
     assert classes == ["high", "low"] and keep.sum() == len(labels) == cohort.clinical["grade"].notna().sum()
+
+
+def test_feature_fusion_concatenates_and_checks_names(kirp_table, tmp_path):
+    from mupd.heads.data import feature_matrix
+
+    cohort = load_cohort(_write(kirp_table, tmp_path / "kirp.csv.gz"))
+    fused, names = feature_matrix(cohort, "genes+clinical")
+    assert fused.shape == (len(cohort), len(cohort.genes) + 2) and names[-2:] == ["age", "is_female"]
+    with pytest.raises(MupdError, match="unknown or repeated feature set"):
+        feature_matrix(cohort, "genes+genes")

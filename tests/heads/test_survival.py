@@ -66,3 +66,14 @@ def test_time_bins_follow_uncensored_quantiles(kirp):
     assert len(edges) == 3
     bins = discretize(kirp.time[kirp.event], edges)
     assert np.bincount(bins).min() >= kirp.event.sum() // 4 - 2
+
+
+def test_step_survival_reads_the_discrete_curve_at_bin_starts():
+    import pandas as pd
+
+    from mupd.heads.evaluate import step_survival
+
+    frame = pd.DataFrame({"surv_0": [0.9], "surv_1": [0.8], "surv_2": [0.7], "surv_3": [0.6],
+                          "edge_1": [10.0], "edge_2": [20.0], "edge_3": [30.0]})
+    assert step_survival(frame, [5, 10, 25, 40]).tolist() == [[1.0, 0.9, 0.8, 0.7]]
+    assert step_survival(frame.drop(columns=["surv_0", "surv_1", "surv_2", "surv_3"]), [5]) is None

@@ -17,8 +17,9 @@ def register(subparsers) -> None:
     p.add_argument("--task", choices=TASKS, default="survival")
     p.add_argument("--cohort", default=None, help="TCGA cohort name from the sample data (blca, brca, kirc, ...) or a "
                    "tcga_<cohort>_all_clean.csv.gz-style table (survival, classification)")
-    p.add_argument("--features", choices=("genes", "pathways", "clinical"), default="genes",
-                   help="genes: the table's <GENE>_rnaseq z-scores; pathways: SurvPath pathway scores; clinical: age and sex")
+    p.add_argument("--features", default="genes",
+                   help="genes: the table's <GENE>_rnaseq z-scores; pathways: SurvPath pathway scores; clinical: age and "
+                        "sex; or a fusion joined by '+', e.g. genes+clinical (columns concatenated)")
     p.add_argument("--head", choices=("linear", "mlp", "pathway-tokens", "lifelines-cox", "abmil", "transmil"), default="mlp",
                    help="lifelines-cox: lifelines' penalised CoxPHFitter (survival only); abmil/transmil: --task mil")
     p.add_argument("--loss", choices=("nll", "cox"), default="nll", help="survival loss: discrete-time NLL or Cox partial likelihood")
@@ -52,7 +53,9 @@ def _spec(args: argparse.Namespace):
     from .fit import FitConfig
 
     from ..errors import require
+    from .data import check_feature_kind
 
+    check_feature_kind(args.features)
     for name in ("epochs", "batch_size", "bins", "hidden"):
         require(getattr(args, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     require(args.lr > 0, f"--lr must be > 0, got {args.lr}")

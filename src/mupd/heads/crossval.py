@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import require
+from ..errors import MupdError, require
 from .fit import FitConfig, Standardiser, predict, train_head
 from .splits import Fold
 
@@ -35,10 +35,19 @@ class HeadSpec:
 def _lifelines_cox(x_train, time, event, x_test, penalizer: float):
     import pandas as pd
     from lifelines import CoxPHFitter
+    from lifelines.exceptions import ConvergenceError
 
+    # A column constant in the training fold (e.g. sex in UCEC) makes the Hessian singular: drop it.
+    varying = x_train.std(0) > 1e-8
+    require(bool(varying.any()), "every input column is constant in a training fold; lifelines-cox has nothing to fit")
+    x_train, x_test = x_train[:, varying], x_test[:, varying]
     cols = [f"x{j}" for j in range(x_train.shape[1])]
     frame = pd.DataFrame(x_train, columns=cols).assign(T=time, E=event.astype(int))
-    model = CoxPHFitter(penalizer=penalizer).fit(frame, "T", "E")
+    try:
+        model = CoxPHFitter(penalizer=penalizer).fit(frame, "T", "E")
+    except ConvergenceError as exc:
+        raise MupdError(f"lifelines CoxPHFitter did not converge ({str(exc).splitlines()[0][:80]}); "
+                        f"raise --penalizer (now {penalizer})") from None
     return (np.asarray(model.predict_log_partial_hazard(pd.DataFrame(x, columns=cols))).ravel() for x in (x_train, x_test))
 
 
@@ -84,11 +93,16 @@ def survival_cv(x, time, event, case_ids, folds: list[Fold], spec: HeadSpec, see
         for fold in folds:
             risk_tr, risk_te, curve, edges = _survival_fold(x, mask, time, event, fold, spec, seed)
             threshold = float(np.median(risk_tr))
-            rows.append(pd.DataFrame({"case_id": case_ids[fold.test], "fold": fold.index, "seed": seed,
-                                      "time": time[fold.test], "event": event[fold.test].astype(int),
-                                      "risk": risk_te, "high_risk": (risk_te > threshold).astype(int)}))
-            if curve is not None:
+            frame = pd.DataFrame({"case_id": case_ids[fold.test], "fold": fold.index, "seed": seed,
+                                  "time": time[fold.test], "event": event[fold.test].astype(int),
+                                  "risk": risk_te, "high_risk": (risk_te > threshold).astype(int)})
+            if curve is not None:  # discrete-time heads: S after each bin and the fold's bin edges (for Brier)
                 curves[(seed, fold.index)] = (edges, curve)
+                for k in range(curve.shape[1]):
+                    frame[f"surv_{k}"] = curve[:, k]
+                for k, edge in enumerate(edges, 1):
+                    frame[f"edge_{k}"] = edge
+            rows.append(frame)
             if progress is not None:
                 progress.update(1)
     return pd.concat(rows, ignore_index=True), curves

@@ -141,8 +141,21 @@ def default_genesets() -> Path:
     return root / "genesets" / "combine_signatures.csv"
 
 
+def check_feature_kind(kind: str) -> list[str]:
+    """``genes``, ``pathways``, ``clinical`` or a ``+``-joined fusion such as ``genes+clinical``."""
+    parts = [p.strip() for p in str(kind).split("+")]
+    bad = [p for p in parts if p not in FEATURE_SETS]
+    require(not bad and len(set(parts)) == len(parts), f"unknown or repeated feature set in '{kind}'; use one of "
+            f"{list(FEATURE_SETS)} or several joined by '+' (e.g. genes+clinical)")
+    return parts
+
+
 def feature_matrix(cohort: Cohort, kind: str, genesets=None) -> tuple[np.ndarray, list[str]]:
-    require(kind in FEATURE_SETS, f"unknown feature set '{kind}'; choose one of {list(FEATURE_SETS)}")
+    """The named inputs as one (N, F) float32 matrix; a fusion ``a+b`` concatenates the columns."""
+    parts = check_feature_kind(kind)
+    if len(parts) > 1:
+        blocks = [feature_matrix(cohort, p, genesets) for p in parts]
+        return np.concatenate([b[0] for b in blocks], axis=1).astype(np.float32), [n for b in blocks for n in b[1]]
     if kind == "clinical":
         return clinical_features(cohort)
     require(cohort.expression is not None, f"cohort {cohort.name} has no RNA; use --features clinical")

@@ -1,7 +1,8 @@
 """Metrics from out-of-fold predictions, with the established implementations:
 
 * survival: Harrell's C-index (lifelines ``concordance_index``), cumulative/dynamic time-dependent
-  AUC (scikit-survival, IPCW, when installed), Kaplan–Meier curves of the predicted high- and
+  AUC and, for discrete-time (NLL) heads, the integrated Brier score over the 10-75 % event-time
+  quantiles (scikit-survival, IPCW, when installed; NaN otherwise), Kaplan–Meier curves of the predicted high- and
   low-risk halves with a log-rank test (lifelines);
 * classification: balanced accuracy, macro one-vs-rest ROC AUC, weighted F1 (scikit-learn).
 
@@ -63,26 +64,59 @@ def _td_auc(train, test, times) -> float:
         return float("nan")
 
 
+def step_survival(test, times) -> np.ndarray | None:
+    """S(t) of a discrete-time head at ``times``: the survival to the start of the bin holding t
+    (``surv_k`` = survival past bin k; bin k spans [edge_k, edge_{k+1}), edge_0 = 0)."""
+    surv_cols = sorted((c for c in test.columns if c.startswith("surv_")), key=lambda c: int(c[5:]))
+    if not surv_cols or test[surv_cols[0]].isna().any():
+        return None
+    edges = test[sorted((c for c in test.columns if c.startswith("edge_")), key=lambda c: int(c[5:]))].to_numpy()[0]
+    padded = np.concatenate([np.ones((len(test), 1)), test[surv_cols].to_numpy()], axis=1)
+    return padded[:, np.searchsorted(edges, np.asarray(times), side="right")]
+
+
+def _ibs(train, test, times) -> float:
+    """Integrated Brier score (scikit-survival, IPCW) of a discrete-time head; NaN for risk-only heads."""
+    try:
+        from sksurv.metrics import integrated_brier_score
+        from sksurv.util import Surv
+    except ImportError:
+        return float("nan")
+    lo, hi = test["time"].min(), min(test["time"].max(), train["time"].max())
+    times = np.asarray([t for t in times if lo <= t < hi])
+    estimate = step_survival(test, times) if times.size >= 2 else None
+    if estimate is None:
+        return float("nan")
+    try:
+        return float(integrated_brier_score(Surv.from_arrays(train["event"].astype(bool), train["time"]),
+                                            Surv.from_arrays(test["event"].astype(bool), test["time"]), estimate, times))
+    except ValueError:
+        return float("nan")
+
+
 def survival_metrics(pred, *, td_auc_quantiles=(0.25, 0.5, 0.75)) -> dict:
     """C-index (and td-AUC) per fold and seed, aggregated per fold, with a t-interval over folds."""
     from lifelines.statistics import logrank_test
 
     require({"time", "event", "risk", "fold", "seed"} <= set(pred.columns), "predictions need time, event, risk, fold, seed")
     times = np.quantile(pred.loc[pred["event"] == 1, "time"], td_auc_quantiles)
+    brier_times = np.quantile(pred.loc[pred["event"] == 1, "time"], np.linspace(0.1, 0.75, 14))
     per = []
     for (seed, fold), test in pred.groupby(["seed", "fold"]):
         train = pred[(pred["seed"] == seed) & (pred["fold"] != fold)]  # the other folds = this fold's training rows
         per.append({"seed": int(seed), "fold": int(fold), "n": len(test), "events": int(test["event"].sum()),
                     "c_index": c_index(test["time"], test["risk"], test["event"]),
-                    "td_auc": _td_auc(train, test, times)})
+                    "td_auc": _td_auc(train, test, times),
+                    "ibs": _ibs(train, test, brier_times)})
     import pandas as pd
 
     per = pd.DataFrame(per)
-    by_fold = per.groupby("fold")[["c_index", "td_auc"]].mean()
+    by_fold = per.groupby("fold")[["c_index", "td_auc", "ibs"]].mean()
     first = pred[pred["seed"] == pred["seed"].min()]
     high, low = first[first["high_risk"] == 1], first[first["high_risk"] == 0]
     logrank = logrank_test(high["time"], low["time"], high["event"], low["event"]) if len(high) and len(low) else None
     return {"c_index": fold_interval(by_fold["c_index"]), "td_auc": fold_interval(by_fold["td_auc"]),
+            "integrated_brier": fold_interval(by_fold["ibs"]),
             "td_auc_times_months": [float(t) for t in times],
             "logrank_p": float(logrank.p_value) if logrank is not None else float("nan"),
             "n_high_risk": int(len(high)), "n_low_risk": int(len(low)),

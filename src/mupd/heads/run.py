@@ -41,7 +41,7 @@ def run_survival(cohort: str, out, *, features: str = "genes", spec: HeadSpec | 
     spec = spec or HeadSpec()
     require_lifelines()
     start = time.perf_counter()
-    data = load_cohort(cohort, need_rna=features != "clinical")
+    data = load_cohort(cohort, need_rna=features != "clinical")  # "clinical" only: tables without RNA work too
     x = _inputs(data, features, spec, genesets)
     split = patient_folds(data.case_ids, data.event, folds, seed=0)
     check_fold_events(split, data.event)
@@ -64,7 +64,7 @@ def run_classification(cohort: str, out, *, label: str = "oncotree_code", featur
     spec = spec or HeadSpec(loss="ce")
     spec.loss = "ce"
     start = time.perf_counter()
-    data = load_cohort(cohort, need_rna=features != "clinical")
+    data = load_cohort(cohort, need_rna=features != "clinical")  # "clinical" only: tables without RNA work too
     y, classes, keep = data.labels(label, min_count)
     x = _inputs(data, features, spec, genesets)[keep]
     split = patient_folds(data.case_ids[keep], y, folds, seed=0)
