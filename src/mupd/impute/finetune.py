@@ -31,7 +31,7 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def fit_finetuned(tower: nn.Module, images: np.ndarray, targets: np.ndarray, *, epochs: int = 3, batch_size: int = 32,
-                  lr: float = 3e-4, head_lr: float = 3e-3, seed: int = 0):
+                  lr: float = 3e-4, head_lr: float = 3e-3, seed: int = 0, progress: bool = False):
     """Train a copy of ``tower`` + a head; returns (model, target mean, target std, loss history)."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -42,7 +42,10 @@ def fit_finetuned(tower: nn.Module, images: np.ndarray, targets: np.ndarray, *, 
     x = as_uint8_batch(images)
     optimizer = torch.optim.AdamW([{"params": model.tower.parameters(), "lr": lr},
                                    {"params": model.head.parameters(), "lr": head_lr}], weight_decay=0.01)
+    from tqdm.auto import tqdm
+
     history = []
+    bar = tqdm(total=epochs * len(x), unit="spot", desc="finetune", disable=not progress)
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=generator)
         losses = []
@@ -53,7 +56,10 @@ def fit_finetuned(tower: nn.Module, images: np.ndarray, targets: np.ndarray, *, 
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
+            bar.update(len(idx))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
         history.append(float(np.mean(losses)))
+    bar.close()
     return model.eval(), mean, std, history
 
 

@@ -66,7 +66,7 @@ class SpotModel:
             from .finetune import fit_finetuned
 
             model.net, mean, std, history = fit_finetuned(model.align.towers["image"], table.images, y,
-                                                          epochs=settings.finetune_epochs, seed=settings.seed)
+                                                          epochs=settings.finetune_epochs, seed=settings.seed, progress=progress)
             model.tensors = {"target_mean": mean, "target_std": std}
             model.config["readout"] = {"epochs": settings.finetune_epochs, "train_loss": history}
         return model

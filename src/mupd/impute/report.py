@@ -26,8 +26,9 @@ def spatial_maps(path: str | os.PathLike, coords: np.ndarray, predicted: np.ndar
     missing = [g for g in show if g not in index]
     require(not missing, f"genes {missing} are not in the model's panel; choose among e.g. {list(genes)[:8]}")
     cols = 2 if measured is not None else 1
-    fig, axes = plt.subplots(len(show), cols, figsize=(3.6 * cols, 3.2 * len(show)), squeeze=False)
     x, y = coords[:, 0], coords[:, 1]
+    aspect = float(np.ptp(y) + 1) / float(np.ptp(x) + 1)  # rows as tall as the tissue, not a fixed square
+    fig, axes = plt.subplots(len(show), cols, figsize=(3.6 * cols + 1, (3.6 * aspect + 0.5) * len(show)), squeeze=False)
     for row, gene in enumerate(show):
         k = index[gene]
         panels = [("predicted", predicted[:, k])] + ([("measured", measured[:, k])] if measured is not None else [])
