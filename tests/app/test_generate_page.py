@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import urllib.request
+import zipfile
 
 import numpy as np
 import pytest
@@ -88,6 +89,33 @@ def test_generate_from_text_shows_images_with_parameters(site, tmp_path, image_s
     assert png.text["mupd:seed"] == "7"
     assert "metastatic" in png.text["mupd:conditions"]
     assert not error_text(driver)
+    zip_href = driver.find_element("id", "generate-zip").get_attribute("href")
+    with urllib.request.urlopen(zip_href, timeout=10) as response:
+        archive = zipfile.ZipFile(io.BytesIO(response.read()))
+    assert sorted(archive.namelist())[-1] == "parameters.json" and len(archive.namelist()) == 3
+    assert Image.open(archive.open(archive.namelist()[0])).text["mupd:seed"] == "7"
+
+
+def test_vary_a_reference_with_sdedit(site, tmp_path, sample_data, image_size):
+    driver, url = site
+    fresh(driver, url)
+    driver.find_element("css selector", "nav button[data-tab=image]").click()
+    methods = [o.get_attribute("value") for o in driver.find_elements("css selector", "select[name=method] option")]
+    assert methods == ["vary:sdedit", "translate:sdedit"]
+    patch = sorted((sample_data / "pcam" / "valid" / "1").glob("*.jpg"))[0]  # a real 96 px PCam patch
+    driver.find_element("css selector", "#image-form [name=image]").send_keys(str(patch))
+    steps = driver.find_element("css selector", "#image-form [name=steps]")
+    steps.clear()
+    steps.send_keys("4")
+    driver.find_element("id", "image-button").click()
+    wait_for(driver, lambda d: d.find_element("id", "image-progress-text").text.startswith("done") or error_text(d))
+    assert not error_text(driver)
+    size = driver.execute_script("const i = document.getElementById('result-view'); return [i.naturalWidth, i.naturalHeight]")
+    assert size == [image_size, image_size]
+    assert "resized to the model's 32x32 px" in driver.find_element("id", "notes").text
+    params = driver.find_element("id", "image-params").text
+    assert 'mupd:task: "vary"' in params and "mupd:strength: 0.6" in params
+    driver.save_screenshot(str(tmp_path / "vary.png"))
 
 
 def _h5ad(sample_data, path, rows=3):

@@ -117,7 +117,7 @@ async function onGenerate(event) {
     results.innerHTML = '';
     job.images.forEach((im, i) => results.appendChild(card(im, i)));
     showNotes(job.notes);
-    const zip = $('#generate-zip'); zip.href = `/api/jobs/${id}.zip`; zip.hidden = false;
+    const zip = $('#generate-zip'); zip.href = `/api/zip/${id}`; zip.hidden = false;
   } catch (e) { results.innerHTML = ''; showError(e.message); }
 }
 
@@ -159,7 +159,7 @@ async function onImage(event) {
     $('#result-view').dataset.width = image.width; $('#result-view').dataset.height = image.height;
     $('#result-download').href = image.url; $('#result-download').hidden = false;
     $('#image-params').textContent = paramsText(image.params);
-    text.textContent = `done in ${job.seconds} s (${job.total} tiles)`;
+    text.textContent = `done in ${job.seconds} s` + (job.total ? ` (${job.total} tiles)` : '');
     showNotes(job.notes);
   } catch (e) { text.textContent = ''; showError(e.message); }
 }

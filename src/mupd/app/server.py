@@ -162,7 +162,7 @@ def create_app(pipe, limits: Limits | None = None, jobs: JobQueue | None = None)
         return Response(images[index]["png"], media_type="image/png",
                         headers={"Content-Disposition": f'inline; filename="{name}"'})
 
-    @app.get("/api/jobs/{job_id}.zip")
+    @app.get("/api/zip/{job_id}")
     def get_zip(job_id: str):
         job = jobs.get(job_id)
         if job is None or job.state != "done":
