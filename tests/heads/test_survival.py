@@ -77,3 +77,21 @@ def test_step_survival_reads_the_discrete_curve_at_bin_starts():
                           "edge_1": [10.0], "edge_2": [20.0], "edge_3": [30.0]})
     assert step_survival(frame, [5, 10, 25, 40]).tolist() == [[1.0, 0.9, 0.8, 0.7]]
     assert step_survival(frame.drop(columns=["surv_0", "surv_1", "surv_2", "surv_3"]), [5]) is None
+
+
+def test_pathway_token_head_attends_over_survpath_pathways(kirp, sample_data):
+    from mupd.data.pathways import PathwayScorer
+    from mupd.heads.fit import FitConfig, train_head
+    from mupd.heads.models import build_head
+
+    scorer = PathwayScorer.from_csv(sample_data / "genesets" / "combine_signatures.csv")
+    head = build_head("pathway-tokens", len(kirp.genes), 4, genes=kirp.genes, pathways=scorer.pathways)
+    x = torch.as_tensor(kirp.expression[:64])
+    logits, attention = head(x, return_attention=True)
+    assert logits.shape == (64, 4) and attention.shape == (64, len(scorer.names))
+    assert torch.allclose(attention.sum(1), torch.ones(64), atol=1e-5)
+    edges = time_bins(kirp.time, kirp.event, 4)
+    target = {"bins": torch.as_tensor(discretize(kirp.time[:64], edges)), "event": torch.as_tensor(kirp.event[:64])}
+    before = nll_survival_loss(head(x), target["bins"], target["event"]).item()
+    train_head(head, x, target, "nll", FitConfig(epochs=5, lr=1e-2, batch_size=64))
+    assert nll_survival_loss(head(x), target["bins"], target["event"]).item() < before

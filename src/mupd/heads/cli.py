@@ -31,7 +31,8 @@ def register(subparsers) -> None:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seeds", default="0", help="comma list of seeds (default 0)")
     p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3; 1e-2 for pathway-tokens, "
+                   "whose attention over 331 pathway tokens learns slowly at 1e-3)")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--bins", type=int, default=4, help="time intervals of the NLL head (default 4, as PORPOISE)")
@@ -58,8 +59,9 @@ def _spec(args: argparse.Namespace):
     check_feature_kind(args.features)
     for name in ("epochs", "batch_size", "bins", "hidden"):
         require(getattr(args, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    require(args.lr > 0, f"--lr must be > 0, got {args.lr}")
-    fit = FitConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size)
+    lr = args.lr if args.lr is not None else (1e-2 if args.head == "pathway-tokens" else 1e-3)
+    require(lr > 0, f"--lr must be > 0, got {lr}")
+    fit = FitConfig(epochs=args.epochs, lr=lr, weight_decay=args.weight_decay, batch_size=args.batch_size)
     return HeadSpec(head=args.head, loss=args.loss, bins=args.bins, hidden=args.hidden, penalizer=args.penalizer, fit=fit)
 
 
