@@ -29,6 +29,14 @@ from mupd.settings import sample_data_dir
 OUT = Path(__file__).parent / "results" / "impute_her2st.json"
 
 
+def compact(result: dict) -> None:
+    """Keep the JSON small: fold-level figures and each method's top genes stay; the per-gene lists
+    go (``mupd impute evaluate --out`` keeps them)."""
+    for method in result["methods"].values():
+        for fold in method["folds"]:
+            fold.pop("per_gene", None)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="a smoke run: 60 spots per section, short training")
@@ -50,9 +58,7 @@ def main(argv=None) -> int:
     for name in ("her2st-loso", "her2st-lopo"):
         protocol = protocols.get(name, n_genes=args.genes)
         result = runner.run_protocol(protocol, table, settings=settings, cache=shared)
-        for method in result["methods"].values():  # keep the JSON readable: per-gene r only
-            for fold in method["folds"]:
-                fold["per_gene"] = {"genes": fold["per_gene"]["genes"], "pearson": fold["per_gene"]["pearson"]}
+        compact(result)
         result["paired_vs_pixels_ridge"] = evaluate.paired_deltas(result["methods"], "pixels-ridge")
         results[name] = result
         print(name, {m: f"{v['summary']['mean_pearson']['mean']:.3f}±{v['summary']['mean_pearson']['std']:.3f}"
@@ -64,6 +70,7 @@ def main(argv=None) -> int:
             slide[name] = run_slide_protocol(protocols.get(name, n_genes=args.genes), table, tiles,
                                              region=16 if args.quick else 32, epochs=5 if args.quick else 40,
                                              feature_name="raw pixels 16x16 RGB of each spot crop")
+            compact(slide[name])
             print("slide", name, {m: f"{v['summary']['mean_pearson']['mean']:.3f}±{v['summary']['mean_pearson']['std']:.3f}"
                                   for m, v in slide[name]["methods"].items()}, flush=True)
     payload = {
