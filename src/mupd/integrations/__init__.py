@@ -1,0 +1,1 @@
+"""mupd inside other ecosystems' containers (``lazyslide``: WSIData from LazySlide/wsidata)."""
