@@ -99,8 +99,9 @@ def run_fold(protocol, table, fold, methods, settings: RunSettings, cache: dict,
     groups = np.asarray(table.section)[train]
     model = None
     key = (train.tobytes(), test.tobytes(), settings.seed, protocol.n_genes, protocol.gene_rule)
-    if NEEDS_ALIGNMENT & set(methods) and ("align",) + key in cache:
-        model = cache[("align",) + key]
+    align_key = ("align", train.tobytes(), settings.seed, protocol.n_genes, settings.align_samples)  # not panel-specific
+    if NEEDS_ALIGNMENT & set(methods) and align_key in cache:
+        model = cache[align_key]
     elif NEEDS_ALIGNMENT & set(methods):
         t0 = time.perf_counter()
         from .aligned import train_fold_alignment
@@ -108,7 +109,7 @@ def run_fold(protocol, table, fold, methods, settings: RunSettings, cache: dict,
         model = train_fold_alignment(table.images[train], table.counts[train], table.genes, groups,
                                      n_genes=protocol.n_genes, total_samples=settings.align_samples, seed=settings.seed)
         timings["alignment"] += time.perf_counter() - t0
-        cache[("align",) + key] = model
+        cache[align_key] = model
     out = {}
     for m in methods:
         t0 = time.perf_counter()
