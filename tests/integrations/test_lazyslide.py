@@ -64,3 +64,31 @@ def test_stain_tiles_of_a_real_slide_into_an_image_layer_and_a_tile_table(sample
     assert np.allclose(table.X[0], direct.reshape(-1, 3).mean(0), atol=1e-5)
     outside = np.asarray(layer[:, :8, :8])  # a corner with no tissue tile stays empty
     assert outside.max() == 0
+
+
+def test_impute_tiles_into_a_table_lazyslide_plots(sample_data, mini_table, tmp_path):
+    import lazyslide as zs
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import wsidata
+    from PIL import Image
+
+    from mupd.impute import runner
+    from mupd.impute.model import SpotModel
+    from mupd.integrations.lazyslide import impute_tiles
+
+    settings = runner.RunSettings(image_size=32, n_components=8)
+    model = SpotModel.fit("pixels-ridge", mini_table, n_genes=12, settings=settings)  # real her2st spots
+    folder = model.save(tmp_path / "impute")
+    wsi = wsidata.open_wsi(str(sample_data / "wsi" / "cmu_small_region.svs"))
+    zs.pp.find_tissues(wsi)
+    zs.pp.tile_tissues(wsi, tile_px=64, mpp=2.0)
+    assert impute_tiles(wsi, folder, progress=False) == "mupd_impute"
+    table = wsi["mupd_impute_tiles"]
+    assert table.shape == (len(wsi["tiles"]), 12) and list(table.var_names) == list(model.genes)
+    first = next(iter(wsi.iter.tile_images("tiles")))
+    crop = np.asarray(Image.fromarray(first.image).resize((32, 32), Image.Resampling.BICUBIC))
+    np.testing.assert_allclose(table.X[0], model.predict(crop[None])[0], rtol=1e-5, atol=1e-5)
+    assert table.X.std(0).max() > 0  # tiles differ, so the map shows something
+    zs.pl.tiles(wsi, feature_key="mupd_impute", color=model.genes[0])  # LazySlide plots it

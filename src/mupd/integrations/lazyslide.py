@@ -93,3 +93,38 @@ def stain_tiles(wsi, pipe, *, tile_key: str = "tiles", key_added: str = "mupd_st
     table.var_names = [f"channel_{c}" for c in range(features.shape[1])]
     table.uns["mupd"] = {"model": str(pipe.path), "method": method, "steps": steps, "sampler": sampler, "seed": seed}
     return key_added
+
+
+def impute_tiles(wsi, model, *, tile_key: str = "tiles", key_added: str = "mupd_impute", progress: bool = True) -> str:
+    """Predict expression for every tile of ``wsi[tile_key]`` with a ``mupd impute train`` model folder
+    (or loaded ``SpotModel``); writes the table ``<key_added>_<tile_key>`` (tiles x genes, log1p-CPM),
+    so ``lazyslide.pl.tiles(wsi, feature_key=key_added, color="ERBB2")`` maps a gene and scanpy reads
+    it as an AnnData. Tiles are resized to the model's crop size (bicubic), as its training crops were."""
+    try:
+        from PIL import Image
+        from tqdm.auto import tqdm
+        from wsidata.io import add_features
+    except ImportError as exc:
+        raise missing_extra(exc.name or "lazyslide", "lazyslide", "mupd on a WSIData") from None
+    from ..impute.model import SpotModel
+
+    require(tile_key in wsi.shapes, f"the WSIData has no tiles '{tile_key}' (it has {list(wsi.shapes)}); "
+                                    "run lazyslide.pp.find_tissues and lazyslide.pp.tile_tissues first")
+    model = SpotModel.load(model) if isinstance(model, (str, os.PathLike)) else model
+    side = int(model.config["image_size"])
+    crops, ids = [], []
+    for tile in tqdm(wsi.iter.tile_images(tile_key), total=len(wsi[tile_key]), desc="mupd impute", unit="tile",
+                     disable=not progress):
+        image = Image.fromarray(np.ascontiguousarray(tile.image[..., :3]))
+        crops.append(np.asarray(image.resize((side, side), Image.Resampling.BICUBIC) if image.size != (side, side) else image))
+        ids.append(tile.id)
+    require(crops, f"'{tile_key}' holds no tiles; check the tissue detection and tiling")
+    predicted = np.asarray(model.predict(np.stack(crops)), dtype=np.float32)
+    by_id = dict(zip(ids, predicted))
+    features = np.stack([by_id[t] for t in wsi[tile_key]["tile_id"].tolist()])
+    add_features(wsi, key=f"{key_added}_{tile_key}", tile_key=tile_key, features=features)
+    table = wsi.tables[f"{key_added}_{tile_key}"]
+    table.var_names = [str(g) for g in model.genes]
+    table.uns["mupd"] = {"method": model.method, "values": "log1p_cpm",
+                         "train_sections": model.config.get("train_sections")}
+    return key_added
