@@ -1,7 +1,7 @@
 """Survival (and subtype classification) heads on the TCGA cohorts of the sample data.
 
-Per cohort: 5-fold CV split by patient (stratified by event, fold seed 0), one seed per neural head
-(CPU budget), the same folds for every method. Methods compared on identical folds:
+Per cohort: 5-fold CV split by patient (stratified by event, fold seed 0), seeds 0 and 1 for the
+neural heads (averaged per fold), the same folds for every method. Methods compared on identical folds:
 
 * ``clinical/lifelines-cox``  age + sex, lifelines ``CoxPHFitter`` (penalizer 1.0);
 * ``pathways/lifelines-cox``  SurvPath pathway scores (mean member z-score), ``CoxPHFitter`` (penalizer 1.0);
@@ -15,7 +15,7 @@ lifelines' ``CoxPHFitter`` on all ~1,550 genes did not finish one cohort in 10 m
 C-index 95 % CI: Student-t over the 5 fold values. UCEC's table has no RNA: clinical baseline only.
 ``integrated_brier`` is reported for the discrete-time (NLL) heads only (NaN for risk-only models).
 
-    OMP_NUM_THREADS=1 timeout 1200 python benchmarks/heads_tcga.py --out benchmarks/results/heads_tcga.json
+    OMP_NUM_THREADS=1 timeout 1200 python benchmarks/heads_tcga.py --seeds 0,1 --out benchmarks/results/heads_tcga.json
 """
 
 from __future__ import annotations
