@@ -92,3 +92,43 @@ def test_impute_tiles_into_a_table_lazyslide_plots(sample_data, mini_table, tmp_
     np.testing.assert_allclose(table.X[0], model.predict(crop[None])[0], rtol=1e-5, atol=1e-5)
     assert table.X.std(0).max() > 0  # tiles differ, so the map shows something
     zs.pl.tiles(wsi, feature_key="mupd_impute", color=model.genes[0])  # LazySlide plots it
+
+
+def test_generate_tiles_from_each_tiles_expression(sample_data, mini_table, tmp_path):
+    import lazyslide as zs
+    import pandas as pd
+    import wsidata
+
+    from mupd import MuPD
+    from mupd.bundle import save_bundle
+    from mupd.data.expression import GeneVocabulary
+    from mupd.impute import runner
+    from mupd.impute.model import SpotModel
+    from mupd.integrations.lazyslide import generate_tiles, impute_tiles
+    from mupd.pipelines import Pipeline
+
+    helpers = _helpers()
+    impute = SpotModel.fit("pixels-ridge", mini_table, n_genes=12, settings=runner.RunSettings(image_size=32, n_components=8))
+    wsi = wsidata.open_wsi(str(sample_data / "wsi" / "cmu_small_region.svs"))
+    zs.pp.find_tissues(wsi)
+    zs.pp.tile_tissues(wsi, tile_px=64, mpp=2.0)
+    impute_tiles(wsi, impute, progress=False)
+    table = wsi["mupd_impute_tiles"]
+    # a generator whose gene vocabulary is the imputed panel (fitted on the predictions, as values)
+    vocab = GeneVocabulary.fit(np.asarray(table.X, np.float64), list(table.var_names), normalisation="none")
+    torch.manual_seed(0)
+    model = MuPD.from_preset("tiny", modalities=("text",), cond_dims={"text": 32}, vector_modalities={"rna": 12}, input_size=8)
+    helpers._randomise_gates(model)
+    folder = save_bundle(tmp_path / "gen", model=model, vae=helpers.tiny_vae(), vocabulary=vocab,
+                         encoders={"text": ("hashed-words", {"width": 32}, None)}, extra={"image_size": 32})
+    pipe = Pipeline.from_pretrained(folder, device="cpu")
+    assert generate_tiles(wsi, pipe, "mupd_impute_tiles", steps=2, progress=False) == "mupd_generate"
+    layer = np.asarray(wsi.images["mupd_generate_image"])
+    height, width = wsi.properties.shape
+    assert layer.shape == (3, -(-height // 8), -(-width // 8))  # 32 px outputs for 256 px (level-0) tiles
+    x0, y0, _, _ = wsi["tiles"].set_index("tile_id").geometry.bounds.loc[int(table.obs["tile_id"].iloc[0])]
+    direct = pipe(rna=pd.Series(np.asarray(table.X)[0], index=list(table.var_names)), n=1, steps=2, seed=0,
+                  output_type="np").images[0]
+    y, x = round(y0 / 8), round(x0 / 8)
+    placed = layer[:, y:y + 32, x:x + 32].transpose(1, 2, 0).astype(int)
+    assert np.abs(placed - np.round(direct * 255).astype(int)).max() <= 1
