@@ -71,6 +71,7 @@ def _td_auc(train, test, times) -> float:
 def step_survival(test, times) -> np.ndarray | None:
     """S(t) of a discrete-time head at ``times``: the survival to the start of the bin holding t
     (``surv_k`` = survival past bin k; bin k spans [edge_k, edge_{k+1}), edge_0 = 0)."""
+    test = test.dropna(axis=1, how="all")  # folds whose tied quantiles merged bins have fewer columns
     surv_cols = sorted((c for c in test.columns if c.startswith("surv_")), key=lambda c: int(c[5:]))
     if not surv_cols or test[surv_cols[0]].isna().any():
         return None
