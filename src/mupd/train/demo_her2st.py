@@ -241,8 +241,9 @@ def run_demo_her2st(*, minutes: float = 10.0, out: str | Path = "./mupd-demo-her
     data = load_data(root, max_spots=max_spots, sections=sections)
     vae, ae_info = autoencoder(data.pixels[data.train], seconds=0.2 * budget, seed=seed, progress=progress)
     latents = encode_pixels(vae, data.pixels, progress=progress)
-    # the generator gets what is left after loading and encoding, minus ~25 % for samples and metrics
-    seconds = max(budget - (time.perf_counter() - t0) - 0.25 * budget, 0.05 * budget)
+    # the generator gets what is left after loading and encoding, minus ~25 % for samples and
+    # metrics, but never less than half the budget (on a busy machine the encoding alone can take it)
+    seconds = max(budget - (time.perf_counter() - t0) - 0.25 * budget, 0.5 * budget)
     trainer, result = fit_model(data, vae, latents, out, seed=seed, seconds=None if images else seconds, total_images=images,
                                 progress=progress)
     ckpt = trainer.checkpoint_dir  # the pipeline folder: model, EMA, TAEF2, RNA encoder weights, gene vocabulary
