@@ -83,7 +83,7 @@ def summarise(name: str, config: dict, metrics: dict, seconds: float) -> dict:
         "fid_generated": pick(ev["generated_vs_real"]["fid"]), "fid_reconstructions": pick(ev["autoencoder_reconstructions_vs_real"]["fid"]),
         "recognised": pick(ev["class_recognition"]["generated"]), "classifier_real_accuracy": pick(ev["class_recognition"]["held_out_real"]),
         "per_class": {k: round(v["value"], 3) for k, v in ev["class_recognition"]["generated_per_class"].items()},
-        "n_eval": ev["generated_vs_real"]["n_fake"], "evaluation_seconds": metrics["evaluation_seconds"], "wall_seconds": round(seconds, 1),
+        "n_eval": ev["generated_vs_real"]["n_fake"], "evaluation_seconds": metrics["evaluation_seconds"], "evaluation_cpu_seconds": metrics.get("evaluation_cpu_seconds"), "wall_seconds": round(seconds, 1),
     }
 
 

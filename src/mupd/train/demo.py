@@ -108,7 +108,7 @@ def resolve_autoencoder(choice: str) -> tuple[str, Path | None, str]:
     return "taef2", folder, f"pretrained TAEF2 from {folder}, licence {TAEF2_LICENSE}"
 
 
-def run_demo(*, minutes: float = 6.0, out: str | Path = "./mupd-demo", device: str | None = None, data: str | None = None,
+def run_demo(*, minutes: float = 5.0, out: str | Path = "./mupd-demo", device: str | None = None, data: str | None = None,
              image_size: int = 96, seed: int = 0, progress: bool = True, eval_samples: int | None = None, sample_steps: int = 20,
              threads: int | None = None, autoencoder: str = "auto", model: dict | None = None, batch_size: int = 32,
              lr: float = 1e-3, guidance: float = 2.0, train_patches: int | None = None, max_images: int | None = None,
