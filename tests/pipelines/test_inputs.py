@@ -75,3 +75,29 @@ def test_batch_files(tmp_path):
     (tmp_path / "bad.jsonl").write_text("{oops\n")
     with pytest.raises(MupdError, match="line 1 is not JSON"):
         read_condition_rows(tmp_path / "bad.jsonl")
+
+
+def test_imputed_h5ad_is_not_normalised_twice(sample_data, tmp_path):
+    """``mupd impute predict`` writes log1p-CPM; the generator must map it exactly as the raw counts."""
+    import anndata
+
+    from mupd.data.expression import GeneVocabulary, normalise
+    from mupd.data.spatial import load_her2st
+
+    spots = load_her2st(sample_data / "her2st", sections=["C5"])
+    counts, genes = np.asarray(spots.counts[:40], dtype=np.float64), list(spots.genes)
+    vocab = GeneVocabulary.fit(counts, genes, normalisation="log1p_cpm", top_k=64)
+    raw = tmp_path / "raw.tsv"
+    pd.DataFrame({"gene": genes, "value": counts[3]}).to_csv(raw, sep="\t", index=False)
+    predicted = anndata.AnnData(normalise(counts[3:4], "log1p_cpm").astype(np.float32),
+                                uns={"mupd_impute": {"values": "log1p_cpm"}})
+    predicted.obs_names, predicted.var_names = ["spot"], genes
+    predicted.write_h5ad(tmp_path / "pred.h5ad")
+
+    from_raw, from_pred = read_rna(str(raw)), read_rna(f"{tmp_path / 'pred.h5ad'}:spot")
+    assert from_pred.normalised == "log1p_cpm" and from_raw.normalised is None
+    a = vocab.transform(from_raw.values[None], from_raw.genes)[0]
+    b = vocab.transform(from_pred.values[None], from_pred.genes, normalised=from_pred.normalised)[0]
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    with pytest.raises(MupdError, match="already log_tpm"):
+        vocab.transform(from_pred.values[None], from_pred.genes, normalised="log_tpm")

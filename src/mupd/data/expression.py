@@ -154,8 +154,11 @@ class GeneVocabulary:
                    meta={"n_fit_samples": int(counts.shape[0]), "top_k": top_k})
 
     def transform(self, values, genes: Sequence[str], sample_ids: Sequence[str] | None = None,
-                  ) -> tuple[np.ndarray, MissingReport]:
-        """(N, G_in) values with their own gene names -> ((N, len(vocab)) float32, MissingReport)."""
+                  *, normalised: str | None = None) -> tuple[np.ndarray, MissingReport]:
+        """(N, G_in) values with their own gene names -> ((N, len(vocab)) float32, MissingReport).
+
+        ``normalised`` names the normalisation the values already carry (e.g. ``mupd impute``'s
+        log1p-CPM predictions); it must be the vocabulary's own, and is then not applied twice."""
         values = np.asarray(values)
         if values.ndim == 1:
             values = values[None]
@@ -163,7 +166,14 @@ class GeneVocabulary:
         require(values.shape[1] == len(genes), f"values have {values.shape[1]} columns but {len(genes)} gene names")
         dups = _duplicates(genes)
         require(not dups, f"input gene names repeat ({len(dups)}, first {dups[:5]}); make them unique first")
-        x = normalise(values, self.normalisation, genes=genes, sample_ids=sample_ids)
+        if normalised is None:
+            x = normalise(values, self.normalisation, genes=genes, sample_ids=sample_ids)
+        else:
+            require(normalised == self.normalisation,
+                    f"the expression values are already {normalised} but this vocabulary expects "
+                    f"{self.normalisation}; give raw counts or values normalised as {self.normalisation}")
+            x = np.asarray(values, dtype=np.float64)
+            _check_finite(x, genes, sample_ids, allow_negative=True)
         out = np.zeros((x.shape[0], len(self.genes)), np.float64)
         if not self.zscore:
             out[:] = self.mean  # fill rule: the training mean

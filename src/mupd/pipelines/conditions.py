@@ -118,7 +118,7 @@ def rna_vector(pipe, rna: Any) -> tuple[np.ndarray, str, str]:
         require(pipe.vocabulary is not None,
                 f"{pipe.path} has no gene_vocabulary.json, so named genes cannot be mapped; pass a vector instead")
         match = match_genes(rna, list(pipe.vocabulary.genes))
-        values, _report = pipe.vocabulary.transform(rna.values[None, :], rna.genes)
+        values, _report = pipe.vocabulary.transform(rna.values[None, :], rna.genes, normalised=rna.normalised)
         values = np.asarray(values, dtype=np.float32)
         if pipe.pathways is not None:
             values = np.asarray(pipe.pathways.score(values, list(pipe.vocabulary.genes)), dtype=np.float32)

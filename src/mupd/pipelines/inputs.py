@@ -112,6 +112,7 @@ class RnaProfile:
     values: np.ndarray  # (G,) float32
     genes: list[str]
     source: str
+    normalised: str | None = None  # a normalisation the values already carry (None: raw counts)
 
     def __post_init__(self):
         self.values = np.asarray(self.values, dtype=np.float32).reshape(-1)
@@ -163,10 +164,12 @@ def _read_h5ad(path: Path, key: str | None) -> RnaProfile:
         row = adata[names.index(key)].X
         row = row.toarray() if hasattr(row, "toarray") else np.asarray(row)
         genes = list(map(str, adata.var_names))
+        normalised = dict(adata.uns.get("mupd_impute", {})).get("values")  # mupd impute writes log1p-CPM
     finally:
         if getattr(adata, "file", None) is not None:
             adata.file.close()
-    return RnaProfile(np.asarray(row, dtype=np.float32).reshape(-1), genes, f"{path}:{key}")
+    return RnaProfile(np.asarray(row, dtype=np.float32).reshape(-1), genes, f"{path}:{key}",
+                      None if normalised is None else str(normalised))
 
 
 def _read_table(path: Path, key: str | None):
