@@ -150,6 +150,7 @@ def run_demo(*, minutes: float = 5.0, out: str | Path = "./mupd-demo", device: s
     from .demo_check import plain_sentence
 
     evaluation["summary"] = plain_sentence(evaluation)
+    ae_info["held_out_reconstruction"] = evaluation.pop("held_out_reconstruction")
     losses = result["losses"]
     from .metrics_log import read_metrics
 
@@ -203,7 +204,7 @@ def _prepare_data(data, seed, image_size, minutes, train_patches, eval_samples) 
 def _latent_space(kind, taef2_folder, d, dev, budget, seed, progress, ae_seconds=None):
     """(autoencoder with fitted latent stats, its description, standardised training latents)."""
     from ..encoders.vae import LatentAutoencoder
-    from ..encoders.vae_train import fit_autoencoder, reconstruction_metrics
+    from ..encoders.vae_train import fit_autoencoder
 
     pixels = d["pixels"]
     t0 = time.perf_counter()
@@ -226,8 +227,7 @@ def _latent_space(kind, taef2_folder, d, dev, budget, seed, progress, ae_seconds
     vae.latent_std.copy_(flat.std(1).float().clamp_min(1e-6))
     vae.meta["stats_n_values"] = int(flat.shape[1])
     latents = (raw - vae.latent_mean.view(1, -1, 1, 1).cpu()) / vae.latent_std.view(1, -1, 1, 1).cpu()
-    info.update(downsample=vae.downsample, latent_shape=list(latents.shape[1:]), encode_seconds=round(time.perf_counter() - t0, 1),
-                held_out_reconstruction=reconstruction_metrics(vae, d["held_pixels"][:128].to(dev).float() / 127.5 - 1.0))
+    info.update(downsample=vae.downsample, latent_shape=list(latents.shape[1:]), encode_seconds=round(time.perf_counter() - t0, 1))
     return vae, info, latents
 
 
@@ -278,10 +278,7 @@ def _sample_and_evaluate(d, trainer, vae, dev, out, seed, steps, guidance, class
         images = np.concatenate(chunks)
         fakes.append(images)
         fake_labels += [k] * len(images)
-        real = [np.asarray(d["pixels"][i].permute(1, 2, 0)) for i in range(len(labels)) if labels[i] == cls][:8]
-        rows.append((f"real: {captions[str(cls)]}", np.stack(real)))
         rows.append((f"generated: {captions[str(cls)]}", images[:8]))
-    save_png(labelled_grid(rows, scale=max(1, 192 // d["pixels"].shape[-1])), out / "samples.png")
     held = d["held_pixels"]
     recon = []
     for start in range(0, len(held), 50):
@@ -289,15 +286,33 @@ def _sample_and_evaluate(d, trainer, vae, dev, out, seed, steps, guidance, class
         recon.append(torch.from_numpy(to_uint8(vae.decode(z.to(dev)))))
         bar.update(len(z))
     bar.close()
+    recon_all = torch.cat(recon).permute(0, 3, 1, 2).contiguous()
     real_labels = np.array([classes.index(r.label) for r in d["held_recs"]])
+    grid = []
+    for k, cls in enumerate(classes):  # held-out real, their reconstructions (the latent space's ceiling), generated
+        shown = np.flatnonzero(real_labels == k)[:8]
+        grid.append((f"real (held out): {captions[str(cls)]}", np.asarray(held[shown].permute(0, 2, 3, 1))))
+        grid.append(("  autoencoder reconstruction", np.asarray(recon_all[shown].permute(0, 2, 3, 1))))
+        grid.append(rows[k])
+    save_png(labelled_grid(grid, scale=max(1, 192 // held.shape[-1])), out / "samples.png")
     y = torch.tensor([classes.index(lab) for lab in labels])
     classifier, c_steps = train_classifier(d["pixels"], y, seconds=float("inf"), max_steps=classifier_steps, seed=seed,
                                            classes=len(classes))
     fake = torch.from_numpy(np.concatenate(fakes)).permute(0, 3, 1, 2).contiguous()
     evaluation = evaluate_generations(classifier, real=held, real_labels=real_labels, fake=fake,
-                                      fake_labels=np.array(fake_labels), recon=torch.cat(recon).permute(0, 3, 1, 2).contiguous())
+                                      fake_labels=np.array(fake_labels), recon=recon_all)
     evaluation["class_recognition"]["classifier"] = {"steps": c_steps, "batch_size": 64, "train_patches": len(y)}
+    evaluation["held_out_reconstruction"] = _psnr_ssim(held, recon_all)
     return evaluation
+
+
+def _psnr_ssim(real: torch.Tensor, recon: torch.Tensor) -> dict:
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    pairs = list(zip(real.permute(0, 2, 3, 1).numpy(), recon.permute(0, 2, 3, 1).numpy()))
+    return {"psnr": float(np.mean([peak_signal_noise_ratio(a, b, data_range=255) for a, b in pairs])),
+            "ssim": float(np.mean([structural_similarity(a, b, channel_axis=2, data_range=255) for a, b in pairs])),
+            "n_holdout": len(pairs)}
 
 
 def _encode_within(vae, pixels: torch.Tensor, *, deadline: float, progress: bool, chunk: int = 64) -> torch.Tensor:
