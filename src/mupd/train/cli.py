@@ -28,18 +28,21 @@ def register(subparsers) -> None:
     demo = subparsers.add_parser(
         "demo",
         help="the first run: train a small text-conditioned model on real PCam patches for a few minutes on the CPU",
-        description="Trains a tiny autoencoder and a small MuPD on PCam patches (from the sample data, or --data "
-        "FOLDER of class-per-folder patches), then writes samples.png, metrics.json, report.html and checkpoint/.",
+        description="Trains a small MuPD on PCam patches (from the sample data, or --data FOLDER of class-per-folder "
+        "patches) in the latent space of the pretrained TAEF2 autoencoder (or one it trains), then writes samples.png, "
+        "metrics.json, report.html and checkpoint/.",
     )
-    demo.add_argument("--minutes", type=float, default=5.0, help="training time budget (autoencoder + generator), default 5")
+    demo.add_argument("--minutes", type=float, default=5.0, help="training time budget (encoding + generator), default 5; the evaluation (~3 min) comes after")
     demo.add_argument("--out", default="./mupd-demo", help="output folder (default ./mupd-demo)")
     demo.add_argument("--device", default=None, help="cpu, cuda or auto (default: settings / MUPD_DEVICE)")
     demo.add_argument("--data", default=None, help="a folder with one sub-folder of image patches per class (default: PCam from the sample data)")
-    demo.add_argument("--image-size", type=int, default=64, help="patch size in pixels (PCam's 96 px are resized), default 64")
+    demo.add_argument("--image-size", type=int, default=96, help="patch size in pixels, a multiple of 16 (default 96, PCam's size)")
+    demo.add_argument("--autoencoder", choices=("auto", "taef2", "trained"), default="auto",
+                      help="latent space: the pretrained TAEF2 (MIT), a tiny one trained by the demo, or auto (TAEF2 when found)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--dataset", choices=("pcam", "her2st"), default="pcam",
                       help="pcam: text-conditioned (default); her2st: RNA-conditioned spot crops, held-out section C5 (--data: a her2st folder)")
-    demo.add_argument("--eval-samples", type=int, default=None, help="generated patches for FID/KID (default ~26 per minute, max 128)")
+    demo.add_argument("--eval-samples", type=int, default=None, help="generated patches (and held-out real ones) for the evaluation, default 500")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=run_demo)
 
@@ -146,6 +149,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     summary = demo(minutes=args.minutes, out=args.out, device=args.device, data=args.data, image_size=args.image_size,
                    seed=args.seed, progress=not args.no_progress, eval_samples=args.eval_samples,
-                   threads=args.threads)
+                   threads=args.threads, autoencoder=args.autoencoder)
     print(f"mupd demo: wrote {summary['out']}/samples.png, metrics.json, report.html and checkpoint/", flush=True)
+    print(f"mupd demo: {summary['metrics']['evaluation']['summary']}", flush=True)
     return 0
