@@ -151,5 +151,6 @@ def run_demo(args: argparse.Namespace) -> int:
                    seed=args.seed, progress=not args.no_progress, eval_samples=args.eval_samples,
                    threads=args.threads, autoencoder=args.autoencoder)
     print(f"mupd demo: wrote {summary['out']}/samples.png, metrics.json, report.html and checkpoint/", flush=True)
+    print(f"mupd demo: latent space = {summary['metrics']['autoencoder']['which']}", flush=True)
     print(f"mupd demo: {summary['metrics']['evaluation']['summary']}", flush=True)
     return 0
