@@ -53,7 +53,7 @@ def register(subparsers) -> None:
 
     enc = sub.add_parser("encode", help="encode a dataset into shards of VAE latents + condition embeddings")
     enc.add_argument("source", help="manifest (.csv/.parquet), patch folder, tiling output or DeepLIIF folder")
-    enc.add_argument("--vae", required=True, help="LatentAutoencoder folder (or a hub id, downloaded)")
+    enc.add_argument("--vae", required=True, help="autoencoder: a LatentAutoencoder folder, taef2 (the offline pretrained one) or hub:ORG/NAME (downloads)")
     enc.add_argument("--out", required=True)
     enc.add_argument("--source-vae", default=None, help="autoencoder of the source domain (paired data; default --vae)")
     enc.add_argument("--text-encoder", default=None, help="registered text encoder name (captions -> tokens)")
