@@ -78,7 +78,10 @@ def register(subparsers) -> None:
     vocab.add_argument("--top-k", type=int, default=None)
     vocab.add_argument("--no-zscore", action="store_true")
     vocab.set_defaults(func=run_vocab)
+    _register_vae(subparsers)
 
+
+def _register_vae(subparsers) -> None:
     vae = subparsers.add_parser("vae", help="latent autoencoder tools")
     vsub = vae.add_subparsers(dest="vae_command", metavar="STEP")
     train = vsub.add_parser("train", help="train a small AutoencoderKL from scratch on patch data (resumable)")

@@ -75,14 +75,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from ..errors import MupdError
+from .config_io import build_typed, deep_merge, plain, set_dotted
 
 
 @dataclass
@@ -218,7 +217,7 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> "TrainConfig":
         data = dict(data or {})
         base = preset_dict(data.pop("preset")) if "preset" in data else {}
-        return _build(cls, _deep_merge(base, data), "config")
+        return build_typed(cls, deep_merge(base, data), "config")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "TrainConfig":
@@ -236,7 +235,7 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise MupdError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
         for item in overrides or []:
-            _set_dotted(data, item)
+            set_dotted(data, item)
         try:
             return cls.from_dict(data)
         except MupdError as exc:
@@ -245,12 +244,12 @@ class TrainConfig:
     def with_overrides(self, overrides: list[str]) -> "TrainConfig":
         data = self.to_dict()
         for item in overrides:
-            _set_dotted(data, item)
+            set_dotted(data, item)
         return TrainConfig.from_dict(data)
 
     # --- output -------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
@@ -348,108 +347,3 @@ def preset_dict(name: str) -> dict:
     if name not in PRESETS:
         raise MupdError(f"unknown training preset {name!r}; known: {', '.join(PRESETS)}")
     return copy.deepcopy(PRESETS[name])
-
-
-# --- helpers ------------------------------------------------------------------------------------
-def _deep_merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("captions", "overrides", "kwargs"):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _set_dotted(data: dict, item: str) -> None:
-    """Apply ``a.b.c=value`` (value parsed as YAML) to a nested dict."""
-    if "=" not in item:
-        raise MupdError(f"override {item!r} must look like section.key=value, e.g. optim.lr=3e-4")
-    key, raw = item.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    if isinstance(value, str) and _looks_numeric(value):
-        value = float(value)  # YAML 1.1 reads "3e-4" as a string
-    parts = key.strip().split(".")
-    node = data
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[parts[-1]] = value
-
-
-def _looks_numeric(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
-
-
-def _plain(obj):
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
-def _build(tp, value, where: str):
-    """Build ``tp`` (dataclass, dict[str, dataclass], Optional, tuple, scalar) from plain data."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise MupdError(f"{where} must be a mapping, got {value!r}")
-        hints = typing.get_type_hints(tp)
-        names = {f.name for f in dataclasses.fields(tp)}
-        unknown = sorted(set(value) - names)
-        if unknown:
-            raise MupdError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(names)}")
-        return tp(**{k: _build(hints[k], v, f"{where}.{k}") for k, v in value.items()})
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _build(args[0], value, where)
-    if origin is dict or tp is dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise MupdError(f"{where} must be a mapping, got {value!r}")
-        args = typing.get_args(tp)
-        if args and dataclasses.is_dataclass(args[1]):
-            return {str(k): _build(args[1], v, f"{where}.{k}") for k, v in value.items()}
-        return {str(k) if not isinstance(k, str) else k: v for k, v in value.items()}
-    if tp is tuple or origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise MupdError(f"{where} must be a list, got {value!r}")
-        return tuple(value)
-    if tp is list or origin is list:
-        if value is None:
-            return []
-        return list(value) if isinstance(value, (list, tuple)) else [value]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise MupdError(f"{where} must be true or false, got {value!r}")
-        return value
-    if tp in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                raise MupdError(f"{where} must be a number, got {value!r}") from None
-        if tp is int:
-            if float(value) != int(value):
-                raise MupdError(f"{where} must be a whole number, got {value!r}")
-            return int(value)
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            return str(value)
-        return value
-    return value
