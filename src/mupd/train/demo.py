@@ -297,7 +297,7 @@ def _sample_and_evaluate(d, trainer, vae, dev, out, seed, steps, guidance, class
     save_png(labelled_grid(grid, scale=max(1, 192 // held.shape[-1])), out / "samples.png")
     y = torch.tensor([classes.index(lab) for lab in labels])
     classifier, c_steps = train_classifier(d["pixels"], y, seconds=float("inf"), max_steps=classifier_steps, seed=seed,
-                                           classes=len(classes))
+                                           classes=len(classes), progress=progress)
     fake = torch.from_numpy(np.concatenate(fakes)).permute(0, 3, 1, 2).contiguous()
     evaluation = evaluate_generations(classifier, real=held, real_labels=real_labels, fake=fake,
                                       fake_labels=np.array(fake_labels), recon=recon_all)

@@ -43,8 +43,11 @@ class PatchClassifier(nn.Module):
 
 
 def train_classifier(x: torch.Tensor, y: torch.Tensor, *, seconds: float, seed: int = 0, classes: int = 2,
-                     batch_size: int = 64, lr: float = 2e-3, max_steps: int | None = None) -> tuple[PatchClassifier, int]:
+                     batch_size: int = 64, lr: float = 2e-3, max_steps: int | None = None,
+                     progress: bool = False) -> tuple[PatchClassifier, int]:
     """Train on uint8 patches (flip / rot90 augmented) for ``seconds`` (or ``max_steps``); (model, steps)."""
+    from tqdm.auto import tqdm
+
     gen = torch.Generator().manual_seed(seed)
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -52,6 +55,7 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, *, seconds: float, seed: 
     torch.random.set_rng_state(state)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     start, steps = time.perf_counter(), 0
+    bar = tqdm(total=max_steps, desc="class-check classifier", unit="step", disable=not progress)
     while time.perf_counter() - start < seconds and (max_steps is None or steps < max_steps):
         idx = torch.randint(0, len(x), (batch_size,), generator=gen)
         xb = x[idx].float() / 127.5 - 1
@@ -63,6 +67,8 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, *, seconds: float, seed: 
         loss.backward()
         opt.step()
         steps += 1
+        bar.update(1)
+    bar.close()
     return model.eval(), steps
 
 
