@@ -79,3 +79,16 @@ def test_bad_inputs_name_the_file(sample_data, tmp_path):
     with pytest.raises(MupdError, match="no 'path' column"):
         (tmp_path / "n.csv").write_text("id,file\na,b\n")
         read_manifest(tmp_path / "n.csv")
+
+
+def test_manifest_in_a_subfolder_keeps_cwd_relative_paths_readable(sample_data, tmp_path, monkeypatch):
+    """`mupd data index ../data/pcam/train --out data/pcam.csv`: paths given relative to the current
+    folder must still resolve when read back relative to the manifest's own folder."""
+    shutil.copytree(sample_data / "pcam" / "valid" / "1", tmp_path / "patches" / "1", dirs_exist_ok=True,
+                    ignore=lambda d, names: sorted(names)[3:])
+    monkeypatch.chdir(tmp_path)
+    records = patch_folder("patches", limit_per_class=2)
+    path = write_manifest(records, "data/out/m.csv")
+    back = read_manifest(path)
+    assert [r.id for r in back] == [r.id for r in records]
+    np.testing.assert_array_equal(np.asarray(read_image(back[0].image)), np.asarray(read_image(records[0].image)))

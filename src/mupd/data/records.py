@@ -185,11 +185,9 @@ def _store_image(image: Any, rid: str, image_dir: Path, base: Path, suffix: str)
     if image is None:
         return None
     if isinstance(image, (str, os.PathLike)):
-        p = Path(image)
-        if not p.is_absolute():
-            return p.as_posix()
+        p = Path(image).absolute()  # a relative path means from here, not from the manifest's folder
         # relative when inside the manifest's folder (the dataset can move), absolute otherwise
-        rel = os.path.relpath(p, base)
+        rel = os.path.relpath(p, base.absolute())
         return p.as_posix() if rel.startswith("..") else rel
     from PIL import Image
 
