@@ -110,3 +110,26 @@ def _start_server(folder, **limits):
 
     app = create_app(Pipeline.from_pretrained(folder, device="cpu"), Limits(**limits))
     return serving(app), app
+
+
+@pytest.fixture(scope="session")
+def get_local():
+    """GET a URL of the test's own server (loopback only; the tests never leave this machine)."""
+    return _get_local
+
+
+def _get_local(url: str) -> bytes:
+    """GET a URL of the test's own server (loopback only; the tests never leave this machine)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    assert parts.hostname == "127.0.0.1", f"tests only talk to their own localhost server, not {url}"
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        connection.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""))
+        response = connection.getresponse()
+        assert response.status == 200, f"GET {url}: HTTP {response.status}"
+        return response.read()
+    finally:
+        connection.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import urllib.request
 import zipfile
 
 import numpy as np
@@ -67,7 +66,7 @@ def test_status_line_names_model_device_and_licences(site, tmp_path):
     driver.save_screenshot(str(tmp_path / "status.png"))
 
 
-def test_generate_from_text_shows_images_with_parameters(site, tmp_path, image_size):
+def test_generate_from_text_shows_images_with_parameters(site, tmp_path, image_size, get_local):
     driver, url = site
     fresh(driver, url)
     fill(driver, "text", "lymph node with metastatic tumour")
@@ -84,14 +83,12 @@ def test_generate_from_text_shows_images_with_parameters(site, tmp_path, image_s
     driver.save_screenshot(str(tmp_path / "generate-text.png"))
     # the download link serves the PNG with its mupd:* metadata kept
     href = driver.find_element("css selector", "#generate-results .card a[download]").get_attribute("href")
-    with urllib.request.urlopen(href, timeout=10) as response:
-        png = Image.open(io.BytesIO(response.read()))
+    png = Image.open(io.BytesIO(get_local(href)))
     assert png.text["mupd:seed"] == "7"
     assert "metastatic" in png.text["mupd:conditions"]
     assert not error_text(driver)
     zip_href = driver.find_element("id", "generate-zip").get_attribute("href")
-    with urllib.request.urlopen(zip_href, timeout=10) as response:
-        archive = zipfile.ZipFile(io.BytesIO(response.read()))
+    archive = zipfile.ZipFile(io.BytesIO(get_local(zip_href)))
     assert sorted(archive.namelist())[-1] == "parameters.json" and len(archive.namelist()) == 3
     assert Image.open(archive.open(archive.namelist()[0])).text["mupd:seed"] == "7"
 

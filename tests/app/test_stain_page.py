@@ -4,7 +4,6 @@ tile is stained tile by tile (the CLI's seamless tiling), with progress; limits 
 from __future__ import annotations
 
 import io
-import urllib.request
 
 import numpy as np
 import pytest
@@ -49,7 +48,7 @@ def region(sample_data, tmp_path_factory):
     return path
 
 
-def test_stain_a_region_tiled_with_progress_and_blend(site, region, tmp_path):
+def test_stain_a_region_tiled_with_progress_and_blend(site, region, tmp_path, get_local):
     driver, url = site
     open_tab(driver, url)
     methods = [o.get_attribute("value") for o in driver.find_elements("css selector", "select[name=method] option")]
@@ -69,8 +68,7 @@ def test_stain_a_region_tiled_with_progress_and_blend(site, region, tmp_path):
     assert driver.find_element("id", "blend-result").value_of_css_property("opacity") == "0.8"
     driver.save_screenshot(str(tmp_path / "stain.png"))
     href = driver.find_element("id", "result-download").get_attribute("href")
-    with urllib.request.urlopen(href, timeout=10) as response:
-        png = Image.open(io.BytesIO(response.read()))
+    png = Image.open(io.BytesIO(get_local(href)))
     assert png.size == (96, 88) and '"stain"' in png.text["mupd:task"]
 
 
