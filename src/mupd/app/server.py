@@ -140,6 +140,14 @@ def create_app(pipe, limits: Limits | None = None, jobs: JobQueue | None = None)
         run = await run_in_threadpool(check)
         return {"job": jobs.submit(str(fields.get("method", "image")).split(":")[0], run).id}
 
+    _add_job_routes(app, jobs)
+    return app
+
+
+def _add_job_routes(app, jobs: JobQueue) -> None:
+    """Polling a job, and its results as PNGs (metadata kept) or one zip."""
+    from fastapi.responses import JSONResponse, Response
+
     @app.get("/api/jobs/{job_id}")
     def get_job(job_id: str):
         job = jobs.get(job_id)
@@ -174,8 +182,6 @@ def create_app(pipe, limits: Limits | None = None, jobs: JobQueue | None = None)
             archive.writestr("parameters.json", json.dumps([im["params"] for im in job.result["images"]], indent=1))
         return Response(buffer.getvalue(), media_type="application/zip",
                         headers={"Content-Disposition": f'attachment; filename="mupd-{job_id}.zip"'})
-
-    return app
 
 
 @contextmanager
