@@ -127,13 +127,7 @@ def sample(
         v, cls_v = out if cls_cur is not None else (out, None)
         return v.float(), None if cls_v is None else cls_v.float()
 
-    sde = method == "euler_maruyama"
-    if sde and steps < 2:
-        raise MupdError("euler_maruyama needs steps >= 2 (stochastic steps to t_end, then one mean step to 0)")
-    grid = time_grid(steps - 1 if sde else steps, schedule, shift, t_end if sde else 0.0, t_start)
-    if sde:
-        grid = torch.cat([grid, torch.zeros(1, dtype=torch.float64)])
-    times = grid.tolist()
+    times = _sampling_times(method, steps, schedule, shift, t_end, t_start)
     bar = tqdm(range(len(times) - 1), desc=f"sampling ({method})", disable=not progress, leave=False)
     for i in bar:
         t_cur, t_next = times[i], times[i + 1]
@@ -153,6 +147,17 @@ def sample(
             if cls is not None:
                 cls = _sde_step(cls, cls_v, t_cur, dt, generator, last)
     return (x, cls) if return_cls else x
+
+
+def _sampling_times(method: str, steps: int, schedule: str, shift: float, t_end: float, t_start: float) -> list[float]:
+    """The time points from ``t_start`` to 0; the SDE steps stochastically to ``t_end``, then one mean step."""
+    sde = method == "euler_maruyama"
+    if sde and steps < 2:
+        raise MupdError("euler_maruyama needs steps >= 2 (stochastic steps to t_end, then one mean step to 0)")
+    grid = time_grid(steps - 1 if sde else steps, schedule, shift, t_end if sde else 0.0, t_start)
+    if sde:
+        grid = torch.cat([grid, torch.zeros(1, dtype=torch.float64)])
+    return grid.tolist()
 
 
 def _sde_step(x: torch.Tensor, v: torch.Tensor, t: float, dt: float, generator, last: bool) -> torch.Tensor:
