@@ -118,3 +118,19 @@ def test_status_flags_non_commercial_plainly(rgb_stain_dir):
     pipe.index.pop("licence")
     pipe.index["encoders"]["text"]["licence"]["commercial"] = False  # older folders stored booleans
     assert status(pipe, Limits())["licence"]["commercial"] == "no"
+
+
+def test_form_numbers_are_checked_with_the_field_named():
+    from mupd.app.tasks import per_modality, sampling_options
+
+    limits = Limits()
+    assert sampling_options({"steps": "12", "seed": ""}, limits) == {"sampler": "heun", "steps": 12, "seed": 0}
+    with pytest.raises(MupdError, match="steps must be a whole number, got '1.5'"):
+        sampling_options({"steps": "1.5"}, limits)
+    with pytest.raises(MupdError, match="seed must be between 0 and"):
+        sampling_options({"seed": "-3"}, limits)
+    assert per_modality({"guidance_text": "2.5", "guidance_rna": ""}, "guidance", {"text", "rna"}, 1.0, 10.0) == {"text": 2.5}
+    with pytest.raises(MupdError, match="guidance_text must be a number, got 'x'"):
+        per_modality({"guidance_text": "x"}, "guidance", {"text"}, 1.0, 10.0)
+    with pytest.raises(MupdError, match="guidance_text must be between 0 and 10"):
+        per_modality({"guidance_text": "11"}, "guidance", {"text"}, 1.0, 10.0)

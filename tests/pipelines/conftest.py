@@ -92,3 +92,19 @@ def _randomise_gates(model) -> None:
 def make_vae():
     """The tiny autoencoder builder, for tests that assemble their own pipeline folder."""
     return tiny_vae
+
+
+@pytest.fixture(scope="module")
+def gen(generate_dir):
+    """The tiny text/RNA/image generate pipeline, loaded once per test module."""
+    from mupd.pipelines import Pipeline
+
+    return Pipeline.from_pretrained(generate_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def stainer(stain_dir):
+    """The tiny stain pipeline, loaded once per test module."""
+    from mupd.pipelines import Pipeline
+
+    return Pipeline.from_pretrained(stain_dir, device="cpu")

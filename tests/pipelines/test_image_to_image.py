@@ -8,18 +8,7 @@ import torch
 from PIL import Image
 
 from mupd.errors import MupdError
-from mupd.pipelines import Pipeline
 from mupd.pipelines.inputs import image_to_tensor
-
-
-@pytest.fixture(scope="module")
-def gen(generate_dir):
-    return Pipeline.from_pretrained(generate_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def stainer(stain_dir):
-    return Pipeline.from_pretrained(stain_dir, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -50,11 +50,6 @@ def test_pipelines_package_has_no_import_circle():
 
 
 @pytest.fixture(scope="module")
-def gen(generate_dir):
-    return Pipeline.from_pretrained(generate_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def patch(sample_data):
     return Image.open(sorted((sample_data / "pcam/valid/1").iterdir())[0]).convert("RGB").crop((16, 16, 48, 48))
 

@@ -14,11 +14,6 @@ from mupd.pipelines.pngmeta import read_params
 
 
 @pytest.fixture(scope="module")
-def gen(generate_dir):
-    return Pipeline.from_pretrained(generate_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def rna_spec(sample_data):
     table = sample_data / "tcga/tcga_paad_all_clean.csv.gz"
     return f"{table}:{pd.read_csv(table, nrows=2, low_memory=False)['slide_id'][1]}"

@@ -51,21 +51,20 @@ def packaged(out) -> dict:
 
 
 def _int(form: dict, key: str, default: int, low: int, high: int) -> int:
-    raw = str(form.get(key) or default).strip()
-    try:
-        value = int(raw)
-    except ValueError:
-        raise MupdError(f"{key} must be a whole number, got {raw!r}") from None
-    require(low <= value <= high, f"{key} must be between {low} and {high}, got {value}")
-    return value
+    return int(_number(form, key, default, low, high, int, "a whole number"))
 
 
 def _float(form: dict, key: str, default: float, low: float, high: float) -> float:
+    return _number(form, key, default, low, high, float, "a number")
+
+
+def _number(form: dict, key: str, default, low, high, kind, what: str):
+    """A form field as ``kind`` within [low, high]; an empty field takes ``default``."""
     raw = str(form.get(key) if form.get(key) not in (None, "") else default).strip()
     try:
-        value = float(raw)
+        value = kind(raw)
     except ValueError:
-        raise MupdError(f"{key} must be a number, got {raw!r}") from None
+        raise MupdError(f"{key} must be {what}, got {raw!r}") from None
     require(low <= value <= high, f"{key} must be between {low:g} and {high:g}, got {value:g}")
     return value
 

@@ -104,10 +104,7 @@ def sample(
         scales = model._check_scales(scales)  # at the edge, before any step runs
     x = noise.float()
     device = x.device
-    cls_dim = getattr(getattr(model, "config", None), "cls_dim", None)
-    cls = None
-    if cls_dim and getattr(model, "cls_head", None) is not None:
-        cls = cls_noise.float().to(device) if cls_noise is not None else cls_noise_for(noise, cls_dim)
+    cls = _initial_cls(model, noise, cls_noise)
 
     # conditions are encoded once per plan (guided / plain) and their keys/values reused every step
     plans: dict[bool, GuidancePlan] = {}
@@ -147,6 +144,14 @@ def sample(
             if cls is not None:
                 cls = _sde_step(cls, cls_v, t_cur, dt, generator, last)
     return (x, cls) if return_cls else x
+
+
+def _initial_cls(model, noise: torch.Tensor, cls_noise: torch.Tensor | None) -> torch.Tensor | None:
+    """The CLS token's starting noise for models that denoise one (None otherwise)."""
+    cls_dim = getattr(getattr(model, "config", None), "cls_dim", None)
+    if not cls_dim or getattr(model, "cls_head", None) is None:
+        return None
+    return cls_noise.float().to(noise.device) if cls_noise is not None else cls_noise_for(noise, cls_dim)
 
 
 def _sampling_times(method: str, steps: int, schedule: str, shift: float, t_end: float, t_start: float) -> list[float]:

@@ -207,32 +207,10 @@ def load_dit_weights(
     new: dict[str, torch.Tensor] = {}
     dropped: list[str] = []
     for key, value in source.items():
-        if key == "pos_embed" or key.startswith("y_embedder."):
+        if key == "pos_embed" or key.startswith("y_embedder.") or key not in own:
             dropped.append(key)
             continue
-        if key not in own:
-            dropped.append(key)
-            continue
-        target = own[key]
-        if key == "x_embedder.proj.weight" and value.shape[1] != target.shape[1]:
-            if value.shape[1] != cfg.in_channels:
-                raise MupdError(f"checkpoint '{key}' has {value.shape[1]} input channels; the model has in_channels={cfg.in_channels}")
-            padded = torch.zeros_like(target)
-            padded[:, : value.shape[1]] = value  # extra input channels stay zero
-            value = padded
-        elif key.startswith("final_layer.linear.") and value.shape[0] != target.shape[0]:
-            p2 = cfg.patch_size**2
-            if value.shape[0] % p2 or value.shape[0] // p2 < cfg.out_channels:
-                raise MupdError(f"checkpoint '{key}' has shape {tuple(value.shape)}; cannot take {cfg.out_channels} output channels from it")
-            c_src = value.shape[0] // p2  # rows are ordered (p, q, channel): keep the first channels
-            value = value.reshape(p2, c_src, *value.shape[1:])[:, : cfg.out_channels].reshape(target.shape)
-            dropped.append(f"{key} (learned-sigma channels {cfg.out_channels}..{c_src - 1})")
-        if value.shape != target.shape:
-            raise MupdError(
-                f"checkpoint tensor for '{key}' has shape {tuple(value.shape)} but the model expects {tuple(target.shape)}; "
-                f"the checkpoint's size does not match the preset (hidden_size={cfg.hidden_size}, depth={cfg.depth})"
-            )
-        new[key] = value.to(target.dtype)
+        new[key] = _fit_tensor(key, value, own[key], cfg, dropped)
 
     if class_label is not None:
         table = source.get("y_embedder.embedding_table.weight")
@@ -251,6 +229,30 @@ def load_dit_weights(
         used = {"transformer_blocks", "pos_embed", "proj_out_1", "proj_out_2"}
         dropped += sorted(k for k in original_keys if k.split(".")[0] not in used)
     return {"loaded": sorted(new), "dropped": dropped, "kept": sorted(k for k in own if k not in new)}
+
+
+def _fit_tensor(key: str, value: torch.Tensor, target: torch.Tensor, cfg, dropped: list[str]) -> torch.Tensor:
+    """One checkpoint tensor shaped for the mupd model: extra input channels zero-padded, DiT's
+    learned-sigma output rows dropped; any other shape mismatch is an error."""
+    if key == "x_embedder.proj.weight" and value.shape[1] != target.shape[1]:
+        if value.shape[1] != cfg.in_channels:
+            raise MupdError(f"checkpoint '{key}' has {value.shape[1]} input channels; the model has in_channels={cfg.in_channels}")
+        padded = torch.zeros_like(target)
+        padded[:, : value.shape[1]] = value  # extra input channels stay zero
+        value = padded
+    elif key.startswith("final_layer.linear.") and value.shape[0] != target.shape[0]:
+        p2 = cfg.patch_size**2
+        if value.shape[0] % p2 or value.shape[0] // p2 < cfg.out_channels:
+            raise MupdError(f"checkpoint '{key}' has shape {tuple(value.shape)}; cannot take {cfg.out_channels} output channels from it")
+        c_src = value.shape[0] // p2  # rows are ordered (p, q, channel): keep the first channels
+        value = value.reshape(p2, c_src, *value.shape[1:])[:, : cfg.out_channels].reshape(target.shape)
+        dropped.append(f"{key} (learned-sigma channels {cfg.out_channels}..{c_src - 1})")
+    if value.shape != target.shape:
+        raise MupdError(
+            f"checkpoint tensor for '{key}' has shape {tuple(value.shape)} but the model expects {tuple(target.shape)}; "
+            f"the checkpoint's size does not match the preset (hidden_size={cfg.hidden_size}, depth={cfg.depth})"
+        )
+    return value.to(target.dtype)
 
 
 def _is_backbone(key: str) -> bool:
