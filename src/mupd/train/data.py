@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -34,6 +35,27 @@ class TrainData:
 
     def __len__(self) -> int:
         return self.latents.shape[0]
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(self.latents.shape[1:])
+
+    @property
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-sample shape of every extra tensor (``source_latent``, ``rna``, ``align_patches`` ...)."""
+        return {k: tuple(v.shape[1:]) for k, v in self.tensors.items()}
+
+    def batches(self, *, seed: int, start: int, global_size: int, rank: int = 0, world: int = 1) -> Iterator[dict]:
+        """This rank's part of global batch after global batch, from ``start`` images on.
+
+        Rank ``r`` takes global positions ``start + r, start + r + world, ...``; ``batch["position"]``
+        holds them so per-sample randomness can follow the position, not the rank."""
+        mine = torch.arange(rank, global_size, world)
+        while True:
+            batch = self.batch(global_batch_indices(seed, len(self), start, global_size)[mine])
+            batch["position"] = start + mine
+            yield batch
+            start += global_size
 
     def batch(self, indices: torch.Tensor) -> dict:
         idx = indices.tolist()

@@ -25,7 +25,7 @@ from ..settings import settings
 from . import components as C
 from . import distributed as D
 from .config import TrainConfig
-from .data import TrainData, from_folder, from_shards, global_batch_indices
+from .data import TrainData, from_folder, from_shards
 from .schedule import apply_lr, lr_at
 
 
@@ -81,6 +81,7 @@ class Trainer:
         if cfg.compile and self.sharded:
             self.train_model = torch.compile(self.train_model)
         self._caption_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._batches, self._batches_at = None, -1  # this rank's batch stream and where it stands
 
     # --- construction ---------------------------------------------------------------------------
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -98,15 +99,16 @@ class Trainer:
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
-        return tuple(self.data.latents.shape[1:])
+        return tuple(self.data.latent_shape)
 
     def _build_model(self):
         from .finetune import finetuned_model, freeze, fresh_model
 
         cfg = self.cfg
-        cond_dims = {m: int(self.data.tensors[m].shape[-1]) if m in self.data.tensors else int(enc.width) for m, enc in self.encoders.items()}
-        extra = int(self.data.tensors["source_latent"].shape[1]) if "source_latent" in self.data.tensors else 0
-        cls_dim = int(self.data.tensors["align_cls"].shape[1]) if "align_cls" in self.data.tensors else None
+        shapes = self.data.tensor_shapes
+        cond_dims = {m: int(shapes[m][-1]) if m in shapes else int(enc.width) for m, enc in self.encoders.items()}
+        extra = int(shapes["source_latent"][0]) if "source_latent" in shapes else 0
+        cls_dim = int(shapes["align_cls"][0]) if "align_cls" in shapes else None
         if cfg.finetune.init_from:
             model = finetuned_model(cfg, latent_shape=self.latent_shape, extra_in_channels=extra, cond_dims=cond_dims, cls_dim=cls_dim)
         else:
@@ -125,7 +127,7 @@ class Trainer:
             return None
         from .alignment import ConvProjector
 
-        target_dim = int(self.data.tensors["align_patches"].shape[-1])
+        target_dim = int(self.data.tensor_shapes["align_patches"][-1])
         torch.manual_seed(self.cfg.seed + 17)
         return ConvProjector(self.model.config.hidden_size, target_dim, self.cfg.align.projector_dim).to(self.device)
 
@@ -215,7 +217,7 @@ class Trainer:
             t = torch.sigmoid(torch.randn(G, generator=g))
         noise = torch.randn((G, *self.latent_shape), generator=g)
         out = {"t": t, "noise": noise}
-        if "align_cls" in self.data.tensors and self.model.config.cls_dim:
+        if "align_cls" in self.data.tensor_shapes and self.model.config.cls_dim:
             out["cls_noise"] = torch.randn((G, self.model.config.cls_dim), generator=g)
         # drop_conditions on one placeholder token per sample: which rows it empties is the keep mask
         dummy = {m: (torch.zeros(G, 1, 1), torch.ones(G, 1, dtype=torch.bool)) for m in self.encoders}
@@ -260,15 +262,17 @@ class Trainer:
         G, W = cfg.batch.global_size, info.world_size
         per = cfg.batch.per_device
         step = self.progress.step
-        indices = global_batch_indices(cfg.seed, len(self.data), self.progress.images_seen, G)
+        if self._batches is None or self._batches_at != self.progress.images_seen:
+            self._batches = self.data.batches(seed=cfg.seed, start=self.progress.images_seen, global_size=G, rank=info.rank, world=W)
+        mine = next(self._batches)
+        self._batches_at = self.progress.images_seen + G
         rnd = self._step_randomness(step)
         lr = lr_at(self.progress.images_seen, cfg.optim.lr, cfg.schedule, cfg.total_images)
         apply_lr(self.optimizer, lr)
         sums = torch.zeros(4, dtype=torch.float64)  # total, velocity, align, cls (sums over samples)
-        mine = slice(info.rank * G // W, (info.rank + 1) * G // W)
         for micro in range(self.accum):
-            part = slice(mine.start + micro * per, mine.start + (micro + 1) * per)
-            batch = self.data.batch(indices[part])
+            batch = _rows(mine, slice(micro * per, (micro + 1) * per))
+            part = batch["position"] - self.progress.images_seen  # rows of the global-batch draws
             x0 = batch["latent"].to(self.device)
             t = rnd["t"][part].to(self.device)
             x_t, v_target = interpolate(x0, rnd["noise"][part].to(self.device), t)
@@ -376,7 +380,7 @@ class Trainer:
 
     @torch.no_grad()
     def preview(self, path: Path) -> Path | None:
-        if not self.dist.is_main or self.vae is None or "source_latent" in self.data.tensors or self.cfg.parallel == "fsdp":
+        if not self.dist.is_main or self.vae is None or "source_latent" in self.data.tensor_shapes or self.cfg.parallel == "fsdp":
             return None
         from .preview import labelled_grid, sample_images, save_png
 
@@ -404,6 +408,10 @@ def train(config: TrainConfig, *, data: TrainData | None = None, vae=None, devic
 # --- helpers ----------------------------------------------------------------------------------
 def _crossed(before: int, now: int, every: int) -> bool:
     return every > 0 and before // every != now // every
+
+
+def _rows(batch: dict, rows: slice) -> dict:
+    return {k: v[rows] for k, v in batch.items()}
 
 
 def _mask_of(entry) -> torch.Tensor:
