@@ -16,7 +16,7 @@ from ..errors import MupdError, require
 @dataclass
 class AlignConfig:
     name: str = "custom"
-    dataset: str = "pcam"  # pcam (image<->text) | her2st (image<->rna) | tcga (rna<->text)
+    dataset: str = "pcam"  # pcam (image<->text) | her2st (image<->rna) | tcga (rna<->text) | her2st-slides (slide<->rna<->text)
     pairs: list = field(default_factory=lambda: [["image", "text"]])
     # data
     image_size: int = 64
@@ -44,6 +44,20 @@ class AlignConfig:
     checkpoint_every: int = 10_000
     seed: int = 0
     device: str = "auto"
+    # slide level (dataset her2st-slides; see align/slide_data.py and align/slide_train.py)
+    stage: str = "align"  # align (mSTAR stage 1 / TANGLE) | distill (mSTAR stage 2, needs stage1)
+    stage1: str | None = None  # distill: folder written by a stage-1 slide run
+    aggregator: str = "abmil"  # abmil | transmil
+    tile_encoder: str = "cnn"  # cnn: the small image CNN, seeded (stage 2 fine-tunes it) | pixels | a mupd-aligned folder
+    region: int = 16  # spots per pseudo-slide (a seed spot and its nearest neighbours)
+    bags_per_section: int = 48  # training pseudo-slides per section (overlapping regions)
+    temperature: float = 0.07  # initial InfoNCE temperature (learned)
+    ema_decay: float = 0.99  # distill: EMA of the teacher patch encoder
+    # collapse guard: per-check embedding std (x sqrt(dim), ~1 when spread, 0 when collapsed) and
+    # effective rank (exp entropy of normalised singular values); patience = consecutive bad checks
+    collapse_min_std: float = 0.05
+    collapse_min_rank: float = 1.5
+    collapse_patience: int = 3
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -59,7 +73,22 @@ PRESETS: dict[str, dict] = {
     "tiny-her2st": dict(dataset="her2st", pairs=[["image", "rna"]], image_size=32, train_sections=["B4"],
                         test_sections=["C5"], n_genes=32, width=32, embed_dim=16, rna_hidden=32, batch_size=16,
                         total_samples=64, log_every=32, checkpoint_every=32),
+    # slide level, her2st pseudo-slides (random contiguous regions; bulk = summed counts; report templated)
+    "tangle-slide": dict(dataset="her2st-slides", pairs=[["slide", "rna"]], image_size=64, n_genes=256, width=64,
+                         embed_dim=64, batch_size=32, lr=3e-4, total_samples=12_000, log_every=960, checkpoint_every=1_920),
+    "mstar-slide": dict(dataset="her2st-slides", pairs=[["slide", "rna"], ["slide", "text"], ["rna", "text"]],
+                        image_size=64, n_genes=256, width=64, embed_dim=64, batch_size=32, lr=3e-4, total_samples=12_000,
+                        log_every=960, checkpoint_every=1_920),
+    "mstar-distill": dict(dataset="her2st-slides", stage="distill", pairs=[["slide", "rna"]], image_size=64, n_genes=256,
+                          width=64, embed_dim=64, batch_size=8, lr=1e-4, total_samples=1_536, log_every=256,
+                          checkpoint_every=512),
+    "tiny-slide": dict(dataset="her2st-slides", pairs=[["slide", "rna"], ["slide", "text"]], image_size=32,
+                       train_sections=["B4"], test_sections=["C5"], n_genes=32, width=16, embed_dim=16, rna_hidden=32,
+                       region=8, bags_per_section=32, batch_size=16, lr=3e-3, total_samples=640, log_every=160,
+                       checkpoint_every=160),
 }
+
+SLIDE_DATASETS = ("her2st-slides",)
 
 
 def preset(name: str, **overrides) -> AlignConfig:
@@ -78,10 +107,15 @@ def replace(config: AlignConfig, **overrides) -> AlignConfig:
 
 
 def validate(config: AlignConfig) -> None:
-    require(config.dataset in ("pcam", "her2st", "tcga"), f"align config: dataset must be pcam, her2st or tcga, not {config.dataset!r}")
+    require(config.dataset in ("pcam", "her2st", "tcga", *SLIDE_DATASETS),
+            f"align config: dataset must be pcam, her2st, tcga or {'/'.join(SLIDE_DATASETS)}, not {config.dataset!r}")
+    slide = config.dataset in SLIDE_DATASETS
+    allowed = ("slide", "text", "rna") if slide else ("image", "text", "rna")
     for pair in config.pairs:
-        require(len(pair) == 2 and all(m in ("image", "text", "rna") for m in pair) and pair[0] != pair[1],
-                f"align config: each pair must name two different modalities of image/text/rna, got {pair}")
+        require(len(pair) == 2 and all(m in allowed for m in pair) and pair[0] != pair[1],
+                f"align config: each pair must name two different modalities of {'/'.join(allowed)}, got {pair}")
+    if slide:
+        _validate_slide(config)
     require(config.positives in ("none", "text", "label"), f"align config: positives must be none, text or label, not {config.positives!r}")
     require(config.batch_size >= 2, "align config: batch_size must be at least 2 (contrastive loss needs negatives)")
     require(config.total_samples > 0 and config.checkpoint_every > 0 and config.log_every > 0,
@@ -106,3 +140,13 @@ def load_config(name_or_path: str | os.PathLike, **overrides) -> AlignConfig:
     base = data.pop("preset", None)
     config = preset(base) if base else AlignConfig(name=path.stem)
     return replace(config, **{**data, **overrides})
+
+
+def _validate_slide(config: AlignConfig) -> None:
+    require(any("slide" in pair for pair in config.pairs), "align config: a slide-level run needs a pair with 'slide'")
+    require(config.stage in ("align", "distill"), f"align config: stage must be align or distill, not {config.stage!r}")
+    require(config.aggregator in ("abmil", "transmil"), f"align config: aggregator must be abmil or transmil, not {config.aggregator!r}")
+    require(config.region >= 2 and config.bags_per_section >= 1, "align config: region must be >= 2 spots and "
+            "bags_per_section >= 1")
+    require(config.temperature > 0 and 0 <= config.ema_decay < 1, "align config: temperature must be > 0 and ema_decay in [0, 1)")
+    require(config.collapse_patience >= 1, "align config: collapse_patience must be >= 1 (consecutive checks)")

@@ -23,24 +23,44 @@ from .mil import build_aggregator
 
 
 class SlideAligner(nn.Module):
-    """Aggregator over patch features + towers of the other modalities, one shared space."""
+    """Aggregator over patch features + towers of the other modalities, one shared space.
+
+    Tile features are standardised with the training tiles' mean/std (buffers, saved with the model)."""
 
     def __init__(self, feature_dim: int, towers: dict[str, nn.Module], aggregator: str = "abmil", hidden: int = 128,
-                 embed_dim: int = 128):
+                 embed_dim: int = 128, init_temperature: float = 0.07):
         super().__init__()
         require(bool(towers), "slide alignment needs at least one other modality tower (rna and/or text)")
+        self.feature_dim = feature_dim
         self.aggregator = build_aggregator(aggregator, feature_dim, hidden=hidden, out_dim=embed_dim)
         self.towers = nn.ModuleDict(towers)
-        self.logit_scale = LogitScale()
+        self.logit_scale = LogitScale(init_temperature)
+        self.register_buffer("feature_mean", torch.zeros(feature_dim))
+        self.register_buffer("feature_std", torch.ones(feature_dim))
+
+    def set_feature_stats(self, features: torch.Tensor) -> None:
+        """Mean/std per feature over the real training tiles (N, D)."""
+        self.feature_mean.copy_(features.mean(0))
+        self.feature_std.copy_(features.std(0).clamp_min(1e-6))
+
+    def _standardise(self, bags: torch.Tensor) -> torch.Tensor:
+        return (bags - self.feature_mean) / self.feature_std
 
     def embed_slides(self, bags: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return F.normalize(self.aggregator(bags, mask), dim=-1)
+        return F.normalize(self.aggregator(self._standardise(bags), mask), dim=-1)
+
+    def token_features(self, bags: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The aggregator's per-patch features (the stage-2 distillation targets)."""
+        return self.aggregator.token_features(self._standardise(bags), mask)
+
+    def embed(self, bags: torch.Tensor, mask: torch.Tensor | None, others: dict) -> dict[str, torch.Tensor]:
+        emb = {"slide": self.embed_slides(bags, mask)}
+        emb.update({m: self.towers[m].embed(v) for m, v in others.items() if m in self.towers})
+        return emb
 
     def loss(self, bags: torch.Tensor, mask: torch.Tensor | None, others: dict) -> tuple[torch.Tensor, dict]:
         """InfoNCE between slides and every other modality (and between those modalities)."""
-        emb = {"slide": self.embed_slides(bags, mask)}
-        emb.update({m: self.towers[m].embed(v) for m, v in others.items()})
-        return multi_pair_loss(emb, self.logit_scale())
+        return multi_pair_loss(self.embed(bags, mask, others), self.logit_scale())
 
 
 def patch_features(encoder: nn.Module, patches: torch.Tensor) -> torch.Tensor:
