@@ -93,9 +93,11 @@ def _world() -> tuple[int, int, bool]:
 
 
 def encode_dataset(job: EncodeJob, *, progress: bool = True, rank: int | None = None,
-                   world_size: int | None = None) -> Path:
+                   world_size: int | None = None, records: list[Record] | None = None, vae=None) -> Path:
     """Run (or resume) the job; returns the shard folder. ``rank``/``world_size`` override the
-    process group (each rank then writes its shards; the last to finish writes ``index.json``)."""
+    process group (each rank then writes its shards; the last to finish writes ``index.json``).
+    ``records`` / ``vae`` (a loaded ``LatentAutoencoder``) replace reading ``job.source`` / ``job.vae``
+    (``mupd train`` on a patch folder encodes it once this way)."""
     from tqdm.auto import tqdm
 
     from ..encoders.vae import LatentAutoencoder
@@ -108,11 +110,11 @@ def encode_dataset(job: EncodeJob, *, progress: bool = True, rank: int | None = 
     world = auto_world if world_size is None else world_size
     out = Path(job.out)
     try:
-        records = load_source(job)
+        records = load_source(job) if records is None else records
         n_shards = math.ceil(len(records) / job.shard_size)
         vocabulary = _load_vocabulary(job, records)  # checked before any model loads
-        device = settings.torch_device()
-        vae = LatentAutoencoder.from_pretrained(job.vae, device=device)
+        device = settings.torch_device() if vae is None else vae.device
+        vae = LatentAutoencoder.from_pretrained(job.vae, device=device) if vae is None else vae
         paired = any(r.source_image is not None for r in records)
         source_vae = (LatentAutoencoder.from_pretrained(job.source_vae, device=device) if job.source_vae else vae) if paired else None
         encoders = _build_encoders(job, device)

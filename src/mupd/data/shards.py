@@ -8,6 +8,7 @@ Folder format (``mupd data encode`` writes it; ``ShardDataset`` streams it)::
                                        label (N,) int64              -1 = no label
                                        <modality> (N, L, D) + <modality>_mask (N, L) bool   condition tokens
                                        rna_values (N, G) float32     expression after the gene vocabulary
+                                       align_patches (N, g*g, E) + align_cls (N, E) float16   alignment targets
     SHARDS/shard-00000.json          {"ids": [...], "labels": [...], "captions": [...|null], "n": N,
                                       "gene_vocabulary": version|null, "skipped": {...}}
     SHARDS/index.json                written last: {"format": "mupd-shards", "shards": [{"name", "n"}],
@@ -15,6 +16,8 @@ Folder format (``mupd data encode`` writes it; ``ShardDataset`` streams it)::
                                       "gene_vocabulary", "encoders", "source", ...}
 
 A shard is finished when both of its files exist: each is written atomically, the JSON second.
+The folder may live on any fsspec URL (``s3://``, ``gs://`` ...): readers fetch only the byte
+ranges of the rows they need (``shard_reader.ShardReader``).
 """
 
 from __future__ import annotations
@@ -26,11 +29,10 @@ from typing import Iterator, Sequence
 
 import torch
 
-from ..checkpoint import load_tensors, read_json, save_tensors, write_json
+from ..checkpoint import read_json, save_tensors, write_json
 from ..errors import MupdError, require
-
-FORMAT = "mupd-shards"
-SPATIAL_KEYS = ("latent", "source_latent")  # tensors the dihedral augmentation acts on
+from .shard_reader import (FORMAT, GRID_KEYS, HALF_KEYS, SPATIAL_KEYS, EpochOrder, ShardReader, augment, dihedral,  # noqa: F401
+                           dihedral_codes, pad_tokens)
 
 
 def shard_name(index: int) -> str:
@@ -44,6 +46,7 @@ def write_shard(out: str | os.PathLike, index: int, tensors: dict[str, torch.Ten
     n = len(meta["ids"])
     for k, v in tensors.items():
         require(v.shape[0] == n, f"shard tensor '{k}' has {v.shape[0]} rows but the shard lists {n} ids")
+    tensors = {k: v.half() if k in HALF_KEYS and v.is_floating_point() else v for k, v in tensors.items()}
     tmp = out / f".{shard_name(index)}.tmp.safetensors"
     save_tensors(tmp, tensors)
     os.replace(tmp, out / f"{shard_name(index)}.safetensors")
@@ -118,33 +121,23 @@ def write_shards(out: str | os.PathLike, samples: Sequence[dict], *, shard_size:
 
 
 def read_index(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    require(path.is_dir(), f"shard folder {path} does not exist")
-    if not (path / "index.json").exists():
-        raise MupdError(f"{path} has no index.json: the encode job did not finish; re-run `mupd data encode` "
-                        "with the same arguments to resume it")
-    index = read_json(path / "index.json")
-    require(index.get("format") == FORMAT, f"{path}/index.json is not a mupd shard index")
-    return index
-
-
-def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Element ``k`` in 0..7 of the dihedral group on the last two axes: rot90^(k%4), then a flip if k>=4."""
-    y = torch.rot90(x, k % 4, dims=(-2, -1))
-    return torch.flip(y, dims=(-1,)) if k >= 4 else y
+    """``index.json`` of a shard folder: a local path or any fsspec URL (``s3://``, ``memory://`` ...)."""
+    return ShardReader(path).index
 
 
 class ShardDataset(torch.utils.data.IterableDataset):
-    """Stream shards. Each epoch is a (seed, epoch) permutation of shard order and of samples inside
-    each shard; global position ``c`` goes to rank ``c % W`` and, inside a rank, to DataLoader worker
-    ``(c // W) % K``, so no sample is seen twice per epoch. With ``drop_last`` every rank yields
-    exactly ``N // W`` samples (DDP needs equal step counts). ``augment`` applies one random dihedral
-    element (flips / 90-degree rotations) to ``latent`` and ``source_latent`` alike."""
+    """Stream one epoch of a shard folder (local or fsspec URL) sample by sample, in the
+    ``EpochOrder`` of (seed, epoch). Position ``c`` goes to rank ``c % W`` and, inside a rank, to
+    DataLoader worker ``(c // W) % K``, so no sample is seen twice per epoch; a shard is only read
+    for the rows this consumer takes. With ``drop_last`` every rank yields exactly ``N // W``
+    samples (DDP needs equal step counts). ``augment`` applies one dihedral element per sample to
+    ``latent``, ``source_latent`` and the alignment grid alike. ``mupd train`` batches the same
+    order with ``mupd.train.stream.ShardStream``."""
 
     def __init__(self, path: str | os.PathLike, rank: int | None = None, world_size: int | None = None,
                  shuffle: bool = True, seed: int = 0, augment: bool = True, drop_last: bool = False):
-        self.path = Path(path)
-        self.index = read_index(self.path)
+        self.reader = ShardReader(path)
+        self.path, self.index = self.reader.url, self.reader.index
         self.shards = self.index["shards"]
         self.n = int(self.index["n"])
         self.rank, self.world_size = rank, world_size
@@ -157,11 +150,10 @@ class ShardDataset(torch.utils.data.IterableDataset):
 
     def _world(self) -> tuple[int, int]:
         rank, world = self.rank, self.world_size
-        if rank is None or world is None:
-            dist = torch.distributed
-            if dist.is_available() and dist.is_initialized():
-                rank = dist.get_rank() if rank is None else rank
-                world = dist.get_world_size() if world is None else world
+        dist = torch.distributed
+        if (rank is None or world is None) and dist.is_available() and dist.is_initialized():
+            rank = dist.get_rank() if rank is None else rank
+            world = dist.get_world_size() if world is None else world
         return int(rank or 0), int(world or 1)
 
     def _limit(self, world: int) -> int:
@@ -176,49 +168,26 @@ class ShardDataset(torch.utils.data.IterableDataset):
         rank, world = self._world()
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(len(self.shards), generator=g).tolist() if self.shuffle else range(len(self.shards))
+        order = EpochOrder([s["n"] for s in self.shards], self.seed, self.shuffle)
+        shard_order, ends = order.shard_order(self.epoch)
         limit = self._limit(world)
-        position = 0
-        for s in order:
-            n = int(self.shards[s]["n"])
-            inner = torch.randperm(n, generator=g).tolist() if self.shuffle else list(range(n))
-            mine = []
-            for j in inner:
-                c = position
-                position += 1
-                if c < limit and c % world == rank and (c // world) % workers == worker:
-                    mine.append((c, j))
+        for s, end in zip(shard_order.tolist(), ends.tolist()):
+            first = end - int(self.shards[s]["n"])
+            mine = [c for c in range(first, min(end, limit)) if c % world == rank and (c // world) % workers == worker]
             if not mine:
                 continue  # never read a shard this consumer takes nothing from
-            tensors, meta = self._load(s)
-            for c, j in mine:
-                yield self._item(tensors, meta, j, c)
+            rows = order.shard_rows(self.epoch, s)[torch.tensor(mine) - first]
+            yield from self._items(s, rows.tolist(), torch.tensor(mine) + self.epoch * self.n)
 
-    def _load(self, s: int):
+    def _items(self, s: int, rows: list[int], positions: torch.Tensor) -> Iterator[dict]:
         name = self.shards[s]["name"]
-        tensors = load_tensors(self.path / f"{name}.safetensors")
-        meta = read_json(self.path / f"{name}.json")
+        meta = self.reader.meta(name)
         require(len(meta["ids"]) == int(self.shards[s]["n"]), f"{self.path}/{name}.json disagrees with index.json; re-encode")
-        return tensors, meta
-
-    def _item(self, tensors: dict, meta: dict, j: int, c: int) -> dict:
-        item = {"id": meta["ids"][j], "caption": meta["captions"][j] or ""}
-        for key, value in tensors.items():
-            item[key] = value[j]
-        for key, length in self.token_lengths.items():  # pad token sequences to one length per dataset
-            if key in item and item[key].shape[0] < length:
-                pad = length - item[key].shape[0]
-                item[key] = torch.cat([item[key], item[key].new_zeros((pad,) + tuple(item[key].shape[1:]))])
-                mask = f"{key}_mask"
-                item[mask] = torch.cat([item[mask], item[mask].new_zeros(pad)])
+        tensors = pad_tokens(self.reader.rows(name, rows), self.token_lengths)
         if self.augment:
-            k = int(torch.randint(8, (1,), generator=torch.Generator().manual_seed(
-                (self.seed * 1_000_003 + self.epoch) * 10_007 + c)))
-            for key in SPATIAL_KEYS:
-                if key in item:
-                    item[key] = dihedral(item[key], k)
-        return item
+            tensors = augment(tensors, dihedral_codes(self.seed, positions))
+        for i, j in enumerate(rows):
+            yield {"id": meta["ids"][j], "caption": meta["captions"][j] or "", **{k: v[i] for k, v in tensors.items()}}
 
 
 def read_all(path: str | os.PathLike) -> dict:

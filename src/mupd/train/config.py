@@ -15,12 +15,16 @@ Schema (YAML; every key optional, defaults shown by ``mupd train --preset tiny -
       grad_checkpointing: false
       overrides: {}            # any other MuPDConfig field, e.g. {depth: 4, hidden_size: 256}
     data:
-      source: folder           # folder: class-per-folder patches (encoded with vae.path at start)
-                               # shards: a 'mupd data encode' shard folder (latents, conditions)
+      source: folder           # folder: class-per-folder patches (encoded once into <output>/latents
+                               #   or $MUPD_CACHE/latents, then streamed like shards)
+                               # shards: a 'mupd data encode' shard folder (latents, conditions),
+                               #   a local path or an fsspec URL (s3://, gs://); streamed, never loaded whole
       path: /data/pcam/train
       image_size: 64           # pixels; the latent side is image_size / vae downsampling
       limit: null              # use only the first N samples (quick runs)
       captions: {"0": "lymph node, normal tissue", "1": "lymph node, metastatic tumour"}
+      workers: 0               # DataLoader worker processes reading shards (try 4-8 per GPU)
+      augment: true            # dihedral flips/rotations, seeded by (seed, stream position)
     conditions:                # modality -> frozen condition encoder from mupd.encoders.registry
       text: {name: hashed-words, kwargs: {width: 64}, path: null, field: caption}
       # rna: {name: pathway-tokens, kwargs: {width: 64, pathways: genesets/combine_signatures.csv}}
@@ -99,6 +103,8 @@ class DataSection:
     image_size: int = 64
     limit: int | None = None
     captions: dict = field(default_factory=dict)
+    workers: int = 0  # DataLoader processes reading shards (0 = in the training process)
+    augment: bool = True  # a random flip/90-degree rotation per sample, latents and paired maps alike
 
 
 @dataclass
