@@ -66,3 +66,30 @@ def mini_table(mini_her2st):
     from mupd.data.spatial import load_her2st
 
     return load_her2st(mini_her2st, crop=224, size=32)
+
+
+@pytest.fixture(scope="session")
+def her2st_generator(mini_her2st, sample_data, tmp_path_factory):
+    """A tiny RNA-conditioned generator built with the steps of ``mupd demo --dataset her2st`` (its
+    data loader, autoencoder, trainer and pipeline folder) on the miniature folder: B4 -> held-out C5,
+    12 spots a section, 96 training images, no captions. Returns its ``checkpoint/`` pipeline folder."""
+    import shutil
+
+    import torch
+
+    from mupd.train import demo_her2st
+    from mupd.train.data import encode_pixels
+
+    base = tmp_path_factory.mktemp("her2st-generator")
+    (base / "her2st").symlink_to(mini_her2st, target_is_directory=True)
+    genesets = sample_data / demo_her2st.GENESETS
+    if not genesets.exists():
+        pytest.skip(f"{genesets} not found")
+    (base / demo_her2st.GENESETS).parent.mkdir(parents=True)
+    shutil.copy(genesets, base / demo_her2st.GENESETS)
+    data = demo_her2st.load_data(base / "her2st", max_spots=12, captions=False, sections=(("B4",), ("C5",)))
+    vae, _ = demo_her2st.autoencoder(data.pixels[data.train], seconds=1.0, seed=0, progress=False)
+    latents = encode_pixels(vae, data.pixels, progress=False)
+    torch.manual_seed(0)
+    trainer, _ = demo_her2st.fit_model(data, vae, latents, base / "run", seed=0, total_images=96, text=False, progress=False)
+    return trainer.checkpoint_dir

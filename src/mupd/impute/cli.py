@@ -24,6 +24,10 @@ def register(subparsers) -> None:
     train.add_argument("--gene-rule", default="variance", choices=("variance", "mean"))
     train.add_argument("--align-samples", type=int, default=2048, help="contrastive pairs for the aligned towers")
     train.add_argument("--epochs", type=int, default=3, help="finetuned: epochs")
+    train.add_argument("--crop-px", type=int, default=224, help="spot crop side in full-resolution pixels (default 224; "
+                       "the her2st generator of 'mupd demo --dataset her2st' sees 128)")
+    train.add_argument("--genes-from", metavar="PIPELINE_DIR", help="draw the panel from this generator's gene vocabulary "
+                       "(for 'mupd impute cycle'); --genes then counts among those genes")
     _encoder_arguments(train)
     train.add_argument("--out", required=True, help="model folder to write")
     train.set_defaults(func=run_train)
@@ -49,6 +53,9 @@ def register(subparsers) -> None:
     evaluate.add_argument("--out", required=True, help="result JSON")
     evaluate.set_defaults(func=run_evaluate)
     _register_slide(sub)
+    from .cycle_cli import register_cycle
+
+    register_cycle(sub)
     parser.set_defaults(func=lambda args: (parser.print_help(), 1)[1])
 
 
@@ -127,11 +134,18 @@ def run_train(args) -> int:
     from .spots import check_sections, her2st_root, load_her2st_spots
 
     require(args.genes >= 1, f"--genes must be >= 1, got {args.genes}")
+    require(args.crop_px >= 16, f"--crop-px must be >= 16, got {args.crop_px}")
     root = her2st_root(args.data)
     sections = check_sections(root, args.sections)
     settings = _settings(args)
-    table = load_her2st_spots(root, sections, settings.image_size)
-    model = SpotModel.fit(args.method, table, n_genes=args.genes, gene_rule=args.gene_rule, settings=settings, progress=True)
+    candidates = None
+    if args.genes_from:
+        from .cycle_cli import pipeline_vocabulary
+
+        candidates = list(pipeline_vocabulary(args.genes_from).genes)
+    table = load_her2st_spots(root, sections, settings.image_size, args.crop_px)
+    model = SpotModel.fit(args.method, table, n_genes=args.genes, gene_rule=args.gene_rule, settings=settings, progress=True,
+                          candidates=candidates)
     model.save(args.out)
     print(f"wrote {args.out}: {args.method} on {len(table)} spots of {sections}, {len(model.genes)} genes "
           f"{json.dumps(model.config.get('readout', {}), default=str)[:200]}")

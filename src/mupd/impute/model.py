@@ -23,6 +23,19 @@ from .runner import METHODS, NEEDS_ALIGNMENT, RunSettings
 FORMAT = "mupd-impute-spot"
 
 
+def select_panel(table, n_genes: int, gene_rule: str, candidates: list | None = None) -> list[str]:
+    """Top ``n_genes`` by ``gene_rule`` of log1p-CPM (CPM over all genes) among ``candidates`` (default: all)."""
+    if candidates is None:
+        return protocols.select_genes(table.counts, table.genes, n_genes, gene_rule)
+    have = set(table.genes)
+    pool = [g for g in dict.fromkeys(map(str, candidates)) if g in have]
+    require(len(pool) >= 1, f"none of the {len(candidates)} candidate genes (e.g. {list(candidates)[:3]}) is in the "
+                            f"expression table (e.g. {list(table.genes)[:3]})")
+    x = protocols.normalised_panel(table.counts, table.genes, pool)
+    score = x.var(0) if gene_rule == "variance" else x.mean(0)
+    return [pool[k] for k in np.sort(np.argsort(-score, kind="stable")[:n_genes])]
+
+
 @dataclass
 class SpotModel:
     method: str
@@ -34,15 +47,17 @@ class SpotModel:
 
     @classmethod
     def fit(cls, method: str, table, *, n_genes: int = 250, gene_rule: str = "variance", settings: RunSettings | None = None,
-            progress: bool = False) -> "SpotModel":
+            progress: bool = False, candidates: list | None = None) -> "SpotModel":
+        """``candidates``: draw the panel from these genes only (e.g. a generator's vocabulary)."""
         require(method in METHODS, f"unknown imputation method '{method}'; known: {list(METHODS)}")
         settings = settings or RunSettings()
         require(method != "encoder-ridge" or settings.encoder, "method encoder-ridge needs --encoder NAME (and --encoder-path DIR)")
-        genes = protocols.select_genes(table.counts, table.genes, n_genes, gene_rule)
+        genes = select_panel(table, n_genes, gene_rule, candidates)
         y = protocols.normalised_panel(table.counts, table.genes, genes, sample_ids=table.ids)
         groups = np.asarray(table.section)
         model = cls(method, genes, {"format": FORMAT, "method": method, "normalisation": "log1p_cpm",
-                                    "gene_selection": f"top {n_genes} by {gene_rule} of log1p_cpm on the training spots",
+                                    "gene_selection": f"top {n_genes} by {gene_rule} of log1p_cpm on the training spots"
+                                                      + (f" among {len(candidates)} given candidate genes" if candidates else ""),
                                     "image_size": int(table.images.shape[1]), "crop_px": table.meta.get("crop_px"),
                                     "train_sections": sorted(set(table.section)), "n_train_spots": len(table),
                                     "settings": settings.to_dict()})
