@@ -229,7 +229,7 @@ def test_vector_modality_tokens():
     query = torch.randn(3, 16, 64)
     assert torch.allclose(attn(query, factored), attn(query, explicit), atol=1e-5)
     with pytest.raises(MupdError, match=r"\(B, 331\)"):
-        model(x, t, {"rna": torch.randn(3, 330)})
+        model.check_inputs(x, t, {"rna": torch.randn(3, 330)})
 
 
 def test_shared_attention_ablation():
@@ -244,30 +244,33 @@ def test_shared_attention_ablation():
     dropped = {k: (v[0] if isinstance(v, tuple) else v, torch.tensor([True, False, True])) for k, v in c.items()}
     assert torch.allclose(model(x, t, dropped)[1], ref[1], atol=1e-6)
     with pytest.raises(MupdError, match="decoupled"):
-        model(x, t, c, scales={"text": 2.0})
+        model.check_inputs(x, t, c, scales={"text": 2.0})
     dca = tiny()
     assert model.num_parameters() < dca.num_parameters()
 
 
 def test_bad_inputs_name_the_field():
+    """check_inputs (called once at the edge; forward does not validate) names the field."""
     model = tiny()
     x, t = inputs()
-    with pytest.raises(MupdError, match="no 'dna' stream"):
-        model(x, t, {"dna": torch.randn(3, 4)})
-    with pytest.raises(MupdError, match=r"conditions\['text'\].*cond_dims"):
-        model(x, t, {"text": torch.randn(3, 5, 31)})
-    with pytest.raises(MupdError, match="NaN"):
-        model(x, t, {"text": torch.full((3, 5, 32), float("nan"))})
-    with pytest.raises(MupdError, match="batch size 2"):
-        model(x, t, {"text": torch.randn(2, 5, 32)})
-    with pytest.raises(MupdError, match="mask shape"):
-        model(x, t, {"text": (torch.randn(3, 5, 32), torch.ones(3, 4, dtype=torch.bool))})
-    with pytest.raises(MupdError, match="channels"):
-        model(torch.randn(3, 5, 8, 8), t)
-    with pytest.raises(MupdError, match="shape"):
-        model(x, torch.rand(2))
+    bad = [
+        ("no 'dna' stream", (x, t, {"dna": torch.randn(3, 4)})),
+        (r"conditions\['text'\].*cond_dims", (x, t, {"text": torch.randn(3, 5, 31)})),
+        ("NaN", (x, t, {"text": torch.full((3, 5, 32), float("nan"))})),
+        ("batch size 2", (x, t, {"text": torch.randn(2, 5, 32)})),
+        ("mask shape", (x, t, {"text": (torch.randn(3, 5, 32), torch.ones(3, 4, dtype=torch.bool))})),
+        ("must be a dict", (x, t, [torch.randn(3, 5, 32)])),
+        ("channels", (torch.randn(3, 5, 8, 8), t)),
+        ("not divisible by the patch size", (torch.randn(3, 4, 7, 7), t)),
+        ("shape", (x, torch.rand(2))),
+    ]
+    for message, args in bad:
+        with pytest.raises(MupdError, match=message):
+            model.check_inputs(*args)
     with pytest.raises(MupdError, match="scales"):
-        model(x, t, scales={"dna": 1.0})
+        model.check_inputs(x, t, scales={"dna": 1.0})
+    model.check_inputs(x, t, conds(), scales={"text": 2.0})  # good inputs pass
+    model.check_inputs(x, 0.5, {"text": (torch.randn(1, 5, 32), torch.ones(1, 5, dtype=torch.bool))})  # batch 1 broadcasts
 
 
 def test_cls_token_and_repa_hidden():
@@ -281,7 +284,9 @@ def test_cls_token_and_repa_hidden():
     perturb_zero_init_(model)
     assert not torch.allclose(model(x, t, cls=cls), model(x, t, cls=torch.zeros(3, 12)))
     with pytest.raises(MupdError, match="no CLS token"):
-        tiny()(x, t, cls=cls)
+        tiny().check_inputs(x, t, cls=cls)
+    with pytest.raises(MupdError, match=r"cls must have shape \(3, 12\)"):
+        model.check_inputs(x, t, cls=cls[:, :5])
 
 
 def test_gradient_checkpointing_same_gradients():

@@ -3,9 +3,12 @@
 Joint: ``v = v(none) + s (v(all) - v(none))``. Per modality (``guidance={m: s_m}``):
 ``v = v(base) + sum_m s_m (v(base + m) - v(base))``, where *base* is the present modalities that
 have no guidance scale (they stay on in every branch; with all modalities guided, base = nothing).
-Branches are stacked along the batch and told apart by per-sample masks: an all-False mask row is
-exactly an absent stream, so the batched result equals separate forwards. The branches are
-combined in fp32 (the forward may run under bf16 autocast), so the guided velocity is fp32.
+Branches are stacked along the batch as contiguous blocks of B rows, and a modality is on in a
+contiguous run of them, so for MuPD each stream gets a :class:`~mupd.models.inputs.ConditionRows`
+and computes on its own rows only (an absent stream elsewhere: exactly zero, at no cost). Other
+networks get the stacked form with all-False masks in the rows where a modality is off, which
+equals separate forwards too. The branches are combined in fp32 (the forward may run under bf16
+autocast), so the guided velocity is fp32.
 """
 
 from __future__ import annotations
@@ -13,21 +16,34 @@ from __future__ import annotations
 import torch
 
 from ..errors import MupdError
+from ..models.inputs import ConditionRows
 
 
 def _split(value):
     return value if isinstance(value, (tuple, list)) else (value, None)
 
 
-def branch_conditions(conditions: dict, branches: list[set[str]], batch_size: int) -> dict:
+def _branch_run(name: str, branches: list[set[str]]) -> tuple[int, int] | None:
+    """(first, last + 1) of the branches that include ``name`` when they are contiguous, else None."""
+    on = [k for k, b in enumerate(branches) if name in b]
+    return (on[0], on[-1] + 1) if on == list(range(on[0], on[-1] + 1)) else None
+
+
+def branch_conditions(conditions: dict, branches: list[set[str]], batch_size: int, *, rows: bool = False) -> dict:
     """Stack ``len(branches)`` copies of ``conditions`` along the batch; in copy k only the
-    modalities in ``branches[k]`` are switched on (their masks elsewhere are all False)."""
+    modalities in ``branches[k]`` are switched on. ``rows=True`` (for MuPD): a modality on in a
+    contiguous run of branches becomes ``ConditionRows`` for those rows (its tokens are not
+    repeated); otherwise its masks are all False in the copies where it is off."""
     out = {}
     n = len(branches)
     for name, value in conditions.items():
         if not any(name in b for b in branches):
             continue
         tokens, mask = _split(value)
+        run = _branch_run(name, branches) if rows else None
+        if run is not None and run != (0, n):  # (on in every branch: the stacked form below)
+            out[name] = ConditionRows(tokens, mask, run[0] * batch_size, run[1] * batch_size)
+            continue
         if tokens.shape[0] == 1 and batch_size > 1:
             tokens = tokens.expand(batch_size, *tokens.shape[1:])
         base = torch.ones(batch_size, dtype=torch.bool, device=tokens.device) if mask is None else mask.to(tokens.device).bool()
@@ -64,7 +80,8 @@ class GuidancePlan:
         if self.num_branches == 1:
             self.conditions = conditions
         else:
-            self.conditions = branch_conditions(conditions, branches, batch_size)
+            rows = getattr(model, "accepts_condition_rows", False)
+            self.conditions = branch_conditions(conditions, branches, batch_size, rows=rows)
         if prepare and self.conditions and hasattr(model, "prepare_conditions"):
             self.conditions = model.prepare_conditions(self.conditions, batch_size * self.num_branches)
 

@@ -100,11 +100,10 @@ def sample(
     """
     if method not in METHODS:
         raise MupdError(f"method must be one of {METHODS}, not {method!r}")
-    if scales and hasattr(model, "_check_scales"):
-        scales = model._check_scales(scales)  # at the edge, before any step runs
     x = noise.float()
     device = x.device
     cls = _initial_cls(model, noise, cls_noise)
+    check_at_edge(model, noise, extra_input, conditions, scales, cls)
 
     # conditions are encoded once per plan (guided / plain) and their keys/values reused every step
     plans: dict[bool, GuidancePlan] = {}
@@ -144,6 +143,16 @@ def sample(
             if cls is not None:
                 cls = _sde_step(cls, cls_v, t_cur, dt, generator, last)
     return (x, cls) if return_cls else x
+
+
+def check_at_edge(model, x: torch.Tensor, extra_input, conditions, scales, cls=None) -> None:
+    """Validate the inputs once, before any step runs: the model's forward does not (it stays free
+    of host syncs). Networks without ``check_inputs`` are taken as they are."""
+    if not hasattr(model, "check_inputs"):
+        return
+    channels = x.shape[1] + (0 if extra_input is None else extra_input.shape[1])
+    shape = (x.shape[0], channels, *x.shape[2:])  # only the shape is checked: no concatenated copy
+    model.check_inputs(torch.empty(shape, device="meta"), torch.ones(x.shape[0]), conditions, scales=scales, cls=cls)
 
 
 def _initial_cls(model, noise: torch.Tensor, cls_noise: torch.Tensor | None) -> torch.Tensor | None:
@@ -187,6 +196,7 @@ def readout(model, conditions: dict | None, extra_input: torch.Tensor | None, sh
     else:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x = torch.zeros(tuple(shape), device=device)
+    check_at_edge(model, x, extra_input, conditions, scales)
     inp = x if extra_input is None else torch.cat([x, extra_input.to(x.dtype)], dim=1)
     with settings.autocast(device):
         v = guided_velocity(model, inp, torch.ones(x.shape[0], device=device), conditions, None, scales=scales)

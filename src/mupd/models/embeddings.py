@@ -35,8 +35,11 @@ class TimestepEmbedder(nn.Module):
         self.freq_shift = freq_shift
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        freq = timestep_embedding(t * self.time_scale, self.frequency_size, freq_shift=self.freq_shift)
-        return self.mlp(freq.to(self.mlp[0].weight.dtype))
+        """In fp32 whatever the surrounding autocast (bf16 cannot tell t = 0.500 from 0.502, and the
+        sinusoid of ``1000 t`` amplifies that); the MLP runs in its weights' dtype. Costs (B, D)."""
+        freq = timestep_embedding(t.float() * self.time_scale, self.frequency_size, freq_shift=self.freq_shift)
+        with torch.autocast(t.device.type, enabled=False):
+            return self.mlp(freq.to(self.mlp[0].weight.dtype))
 
 
 class PatchEmbed(nn.Module):

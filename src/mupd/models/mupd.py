@@ -6,11 +6,14 @@
 Conditions: ``{modality: tokens | (tokens, mask)}``; tokens are (B, L, D_m) or (B, D_m) (one token),
 or (B, n) scalars for a ``vector_modalities`` entry; mask is bool (B, L) or (B,), True = real. An
 absent key skips that stream; a sample whose mask row is all False gets exactly zero from it.
+A :class:`ConditionRows` value applies to a block of batch rows only (batched guidance).
+
+``forward`` does not validate its inputs, so it compiles to one graph with no host syncs; call
+``model.check_inputs(x_t, t, conditions)`` once where inputs enter (pipelines and ``flow.sample`` do).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -23,6 +26,7 @@ from .attention import ConditionTokens, SharedCrossAttention
 from .blocks import ClsHead, FinalLayer, MuPDBlock
 from .config import MuPDConfig
 from .embeddings import ConditionProjector, PatchEmbed, TimestepEmbedder, VectorTokenizer, sincos_pos_embed_2d
+from .inputs import ConditionRows, check_inputs, check_prepared, split_condition  # noqa: F401 (ConditionRows: re-exported input form)
 
 CONFIG_FORMAT = "mupd-model"
 
@@ -38,6 +42,8 @@ class PreparedConditions(dict):
 
 
 class MuPD(nn.Module):
+    accepts_condition_rows = True  # ConditionRows values: guidance runs each stream on its rows only
+
     def __init__(self, config: MuPDConfig, device: torch.device | str | None = None, *, initialize: bool = True):
         """Build (and initialise) the model on ``device`` (default: torch's default device).
 
@@ -120,82 +126,45 @@ class MuPD(nn.Module):
             cond.cache = {}
         return PreparedConditions(conds, batch_size)
 
+    def check_inputs(self, x, t, conditions=None, *, scales=None, cls=None) -> None:
+        """Validate one call's inputs, raising a one-line :class:`MupdError` that names the field.
+
+        ``forward`` does not validate (no host syncs, nothing that breaks a ``torch.compile`` graph):
+        call this once where inputs enter (pipelines, ``flow.sample``, the trainer's first step)."""
+        check_inputs(self, x, t, conditions, scales=scales, cls=cls)
+
     def encode_conditions(self, conditions, batch_size: int, device, dtype) -> dict[str, ConditionTokens]:
-        """Validate the ``conditions`` dict and project every present modality to model width."""
-        if conditions is None:
-            return {}
-        if not isinstance(conditions, Mapping):
-            raise MupdError(f"conditions must be a dict {{modality: tokens | (tokens, mask)}}, not {type(conditions).__name__}")
+        """Project every present modality to model width (no validation: see :meth:`check_inputs`).
+
+        Only static facts steer this (which keys are present, shapes, whether a mask was given), so
+        one compiled graph serves every batch with the same modalities."""
         out: dict[str, ConditionTokens] = {}
-        for name, value in conditions.items():
+        for name, value in (conditions or {}).items():
             if value is None:
                 continue
-            if name not in self.config.modalities:
-                raise MupdError(f"conditions[{name!r}]: this model has no {name!r} stream; its modalities are {list(self.config.modalities)}")
-            tokens, mask = value if isinstance(value, (tuple, list)) else (value, None)
-            tokens = self._check_tokens(name, tokens, batch_size).to(device=device, dtype=dtype)
-            mask = self._check_mask(name, mask, batch_size, tokens.shape[1], device)  # L, or n entries
+            tokens, mask, rows = split_condition(value, batch_size)
+            rows_b = batch_size if rows is None else rows[1] - rows[0]
             embedder = self.cond_embedders[name]
+            if tokens.ndim == 2 and not isinstance(embedder, VectorTokenizer):
+                tokens = tokens[:, None]  # one token
+            if tokens.shape[0] == 1 and rows_b > 1:
+                tokens = tokens.expand(rows_b, *tokens.shape[1:])
+            tokens = tokens.to(device=device, dtype=dtype)
+            if mask is not None:
+                mask = mask.to(device=device, dtype=torch.bool)
+                if mask.shape[0] == 1 and rows_b > 1:
+                    mask = mask.expand(rows_b, *mask.shape[1:])
             if isinstance(embedder, VectorTokenizer):  # kept factored: see ConditionTokens.vector
-                out[name] = ConditionTokens.build(None, mask, vector=(tokens, embedder.weight, embedder.bias))
+                out[name] = ConditionTokens.build(None, mask, dtype, vector=(tokens, embedder.weight, embedder.bias), rows=rows)
             else:  # a Linear to model width
-                out[name] = ConditionTokens.build(embedder(tokens), mask)
+                out[name] = ConditionTokens.build(embedder(tokens), mask, dtype, rows=rows)
         return out
 
-    def _check_tokens(self, name: str, tokens, batch_size: int) -> torch.Tensor:
-        if not torch.is_tensor(tokens) or not tokens.is_floating_point():
-            raise MupdError(f"conditions[{name!r}]: expected a float tensor, got {type(tokens).__name__} {getattr(tokens, 'dtype', '')}")
-        if name in self.config.vector_modalities:
-            n = self.config.vector_modalities[name]
-            if tokens.ndim != 2 or tokens.shape[1] != n:
-                raise MupdError(f"conditions[{name!r}]: expected a (B, {n}) vector of scalars, got shape {tuple(tokens.shape)}")
-        else:
-            if tokens.ndim == 2:
-                tokens = tokens[:, None]
-            width = self.config.cond_dims[name]
-            if tokens.ndim != 3 or tokens.shape[-1] != width:
-                raise MupdError(
-                    f"conditions[{name!r}]: expected tokens (B, L, {width}) or (B, {width}), got shape {tuple(tokens.shape)}; "
-                    f"the model was built with cond_dims[{name!r}]={width}"
-                )
-        if tokens.shape[0] == 1 and batch_size > 1:
-            tokens = tokens.expand(batch_size, *tokens.shape[1:])
-        if tokens.shape[0] != batch_size:
-            raise MupdError(f"conditions[{name!r}]: batch size {tokens.shape[0]} does not match the latents' {batch_size}")
-        if not torch.compiler.is_compiling() and not bool(torch.isfinite(tokens).all()):
-            raise MupdError(f"conditions[{name!r}] contains NaN or inf; clean the input (e.g. impute missing expression) first")
-        return tokens
-
-    @staticmethod
-    def _check_mask(name: str, mask, batch_size: int, length: int, device) -> torch.Tensor | None:
-        if mask is None:
-            return None
-        if not torch.is_tensor(mask):
-            raise MupdError(f"conditions[{name!r}]: the mask must be a bool tensor, got {type(mask).__name__}")
-        mask = mask.to(device=device).bool()
-        if mask.ndim == 1:
-            mask = mask[:, None].expand(mask.shape[0], length)
-        if mask.shape[0] == 1 and batch_size > 1:
-            mask = mask.expand(batch_size, mask.shape[1])
-        if tuple(mask.shape) != (batch_size, length):
-            raise MupdError(f"conditions[{name!r}]: mask shape {tuple(mask.shape)} does not match tokens ({batch_size}, {length}) or ({batch_size},)")
-        return mask
-
-    def _check_scales(self, scales) -> dict[str, float]:
-        scales = dict(scales or {})
-        for name, value in scales.items():
-            if name not in self.config.modalities:
-                raise MupdError(f"scales[{name!r}]: unknown modality; this model has {list(self.config.modalities)}")
-            if self.config.attention == "shared" and float(value) != 1.0:
-                raise MupdError("per-modality scales need attention='decoupled'; the shared ablation has one stream")
-        return {k: float(v) for k, v in scales.items()}
-
     def _timesteps(self, t, batch_size: int, device) -> torch.Tensor:
-        t = torch.as_tensor(t, dtype=torch.float32, device=device)
-        if t.ndim == 0 or t.numel() == 1:
+        """t as fp32 (B,): the timestep embedding is computed in fp32 whatever the forward's dtype."""
+        t = torch.as_tensor(t, device=device).to(torch.float32)
+        if t.numel() == 1:
             return t.reshape(1).expand(batch_size)
-        if t.shape != (batch_size,):
-            raise MupdError(f"t must be a scalar or shape ({batch_size},), got {tuple(t.shape)}")
         return t
 
     def _pos_embed(self, grid_h: int, grid_w: int, device) -> torch.Tensor:
@@ -210,34 +179,22 @@ class MuPD(nn.Module):
 
         ``cls``: the noisy encoder CLS (B, cls_dim) when the model has a CLS token. With
         ``return_extras`` also returns ``{"hidden": tokens after block repa_block, "cls_v": ...}``.
+        Inputs are not validated here (see :meth:`check_inputs`); the forward has no host syncs.
         """
         cfg = self.config
-        B, C, H, W = x.shape
+        B, _, H, W = x.shape
         p = cfg.patch_size
-        if C != cfg.in_channels + cfg.extra_in_channels:
-            raise MupdError(
-                f"latents have {C} channels; the model expects {cfg.in_channels} (+{cfg.extra_in_channels} extra input channels)"
-            )
-        if H % p or W % p:
-            raise MupdError(f"latent size {H}x{W} is not divisible by the patch size {p}")
         t = self._timesteps(t, B, x.device)
         h = self.x_embedder(x) + self._pos_embed(H // p, W // p, x.device).to(x.dtype)
         c = self.t_embedder(1.0 - t if cfg.time_reversed else t)  # SiT weights: data at their t = 1
         if isinstance(conditions, PreparedConditions):
-            if conditions.batch_size != B:
-                raise MupdError(f"prepared conditions are for batch size {conditions.batch_size}, the latents have {B}")
-            if torch.is_grad_enabled():
-                raise MupdError("prepared conditions cache keys/values; use them under torch.no_grad() (sampling), not for training")
+            check_prepared(conditions, B)  # static: a cache is valid for one batch size, without grad
             conds = dict(conditions)
         else:
             conds = self.encode_conditions(conditions, B, x.device, h.dtype)
-        scales = self._check_scales(scales)
+        scales = {name: float(value) for name, value in (scales or {}).items()}
         N = h.shape[1]
         if cls is not None:
-            if self.cls_head is None:
-                raise MupdError("cls= was given but the model has no CLS token (set cls_dim in the config)")
-            if cls.shape != (B, cfg.cls_dim):
-                raise MupdError(f"cls must have shape ({B}, {cfg.cls_dim}), got {tuple(cls.shape)}")
             h = torch.cat([h, self.cls_head.embed(cls.to(h.dtype))[:, None]], dim=1)
         extras: dict[str, torch.Tensor] = {}
         for index, block in enumerate(self.blocks, start=1):
