@@ -66,6 +66,17 @@ class Settings:
         return torch.autocast(device.type, dtype=dtype)
 
 
+def enable_tf32(device) -> None:
+    """TF32 tensor cores for fp32 matmuls and convolutions on CUDA (about 8x the fp32 rate on
+    Ampere and later, with a 10-bit mantissa that training tolerates); bf16 autocast paths are
+    unaffected. A no-op off CUDA: ``set_float32_matmul_precision`` also reaches oneDNN on the CPU,
+    whose fp32 results (and the CPU tests' bit-exact resume) must stay exact."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.set_float32_matmul_precision("high")  # not fp32_precision="tf32": reading allow_tf32 after that raises
+
+
 _SET_BY_US: dict = {}  # OMP_NUM_THREADS written by apply_threads is not a user's choice
 
 

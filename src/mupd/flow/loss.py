@@ -55,16 +55,22 @@ def flow_matching_loss(
     extra_input: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
     t: torch.Tensor | None = None,
+    cls_noise: torch.Tensor | None = None,
+    reduction: str = "mean",
     return_extras: bool = False,
 ):
     """MSE between the network's velocity and ``eps - x0`` at ``x_t = (1 - t) x0 + t eps``.
 
     ``model(x_t, t, conditions)`` may be any network with that call. ``cls`` (B, cls_dim): a clean
     encoder CLS vector noised with the same t and denoised alongside (REG); its velocity MSE is added
-    with ``cls_weight``. ``extra_input`` (source latents) is concatenated after ``x_t``. With
-    ``return_extras`` returns ``(loss, extras)``; extras has the model's extras (``hidden`` for REPA)
-    plus ``t``, ``loss_v`` and ``loss_cls``.
+    with ``cls_weight``. ``extra_input`` (source latents) is concatenated after ``x_t``. ``t``,
+    ``noise`` and ``cls_noise`` may be given (the trainer draws them for the whole global batch);
+    otherwise they are drawn from ``generator``. ``reduction="none"`` returns per-sample losses (B,).
+    With ``return_extras`` returns ``(loss, extras)``; extras has the model's extras (``hidden`` for
+    REPA) plus ``t``, ``loss_v`` and ``loss_cls`` (reduced like the loss, detached).
     """
+    if reduction not in ("mean", "none"):
+        raise MupdError(f"flow_matching_loss: reduction must be 'mean' or 'none', not {reduction!r}")
     B = x0.shape[0]
     gen_device = generator.device if generator is not None else x0.device
     if t is None:
@@ -76,7 +82,8 @@ def flow_matching_loss(
     want_extras = return_extras or cls is not None
     kwargs = {}
     if cls is not None:
-        cls_noise = torch.randn(cls.shape, generator=generator, device=gen_device, dtype=cls.dtype).to(cls.device)
+        if cls_noise is None:
+            cls_noise = torch.randn(cls.shape, generator=generator, device=gen_device, dtype=cls.dtype).to(cls.device)
         cls_t, cls_target = interpolate(cls, cls_noise, t)
         kwargs["cls"] = cls_t
     if want_extras:
@@ -84,13 +91,20 @@ def flow_matching_loss(
         extras = dict(extras)
     else:
         v, extras = model(model_in, t, conditions), {}
-    loss_v = F.mse_loss(v.float(), target.float())
+    loss_v = _mse(v, target, reduction)
     loss = loss_v
     if cls is not None:
-        loss_cls = F.mse_loss(extras["cls_v"].float(), cls_target.float())
+        loss_cls = _mse(extras["cls_v"], cls_target, reduction)
         loss = loss + cls_weight * loss_cls
         extras["loss_cls"] = loss_cls.detach()
     if not return_extras:
         return loss
     extras.update(t=t, loss_v=loss_v.detach())
     return loss, extras
+
+
+def _mse(pred: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Mean squared error in fp32, over everything or per sample (B,)."""
+    if reduction == "mean":
+        return F.mse_loss(pred.float(), target.float())
+    return (pred.float() - target.float()).pow(2).flatten(1).mean(1)

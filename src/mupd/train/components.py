@@ -85,17 +85,17 @@ def build_align_encoder(cfg, device):
     return registry.build("image", cfg.align.encoder, **kwargs).to(device).eval().requires_grad_(False)
 
 
-def save_pipeline(folder: Path, trainer, state: dict | None) -> None:
-    """The pipeline folder part of a checkpoint (model + EMA + VAE + encoder specs)."""
+def save_pipeline(folder: Path, trainer, gathered: tuple[dict, dict] | None = None) -> None:
+    """The pipeline folder part of a checkpoint (model + EMA + VAE + encoder specs). ``gathered``:
+    the full (model, EMA) state dicts of a sharded run, saved through plain copies."""
     from ..bundle import save_bundle
 
     cfg = trainer.cfg
-    model = trainer.model
-    if cfg.parallel == "fsdp" and trainer.dist.enabled:  # sharded parameters: save a plain gathered copy
+    model, ema = trainer.model, trainer.ema.module
+    if gathered is not None:
         from ..models.mupd import MuPD
 
-        model = MuPD(trainer.model.config)
-        model.load_state_dict(state)
+        model, ema = (_plain_copy(MuPD, trainer.model.config, state) for state in gathered)
     # the built encoders travel with the model: random/learned weights saved, pretrained ones checksummed
     # (a trained encoder is saved as its EMA, to match the model's EMA weights)
     modules = trainer.inference_encoders()
@@ -108,8 +108,15 @@ def save_pipeline(folder: Path, trainer, state: dict | None) -> None:
              "image_size": cfg.data.image_size, "source_channels": model.config.extra_in_channels,
              "trained_images": trainer.progress.images_seen}
     if trainer.vae is None:
-        model.save_pretrained(folder / "model", ema=trainer.ema.module)
+        model.save_pretrained(folder / "model", ema=ema)
         (folder / "model_index.json").write_text(json.dumps({"format": "mupd-partial", "note": "no vae.path was given", **extra}, indent=2))
         return
-    save_bundle(folder, model=model, ema=trainer.ema.module, vae=trainer.vae, source_vae=trainer.source_vae, encoders=encoders,
+    save_bundle(folder, model=model, ema=ema, vae=trainer.vae, source_vae=trainer.source_vae, encoders=encoders,
                 vocabulary=vocabulary, extra=extra)
+
+
+def _plain_copy(cls, config, state: dict):
+    """A CPU model holding ``state`` (no random init first: every tensor is overwritten)."""
+    module = cls(config, initialize=False)
+    module.load_state_dict(state)
+    return module

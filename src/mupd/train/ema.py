@@ -3,6 +3,10 @@
     ema = EMA(model, decay=0.9999)
     ...; optimizer.step(); ema.update(model)
     model.save_pretrained(path, ema=ema)      # writes ema.safetensors
+
+Under FSDP2 (``shard_like``) the copy holds only this rank's shard of every parameter, sharded as the
+model's: the update is a local ``lerp`` (no communication, no full copy on any rank) and the full
+weights are gathered only when a checkpoint is written (``full_state_dict``).
 """
 
 from __future__ import annotations
@@ -13,17 +17,9 @@ import torch
 from torch import nn
 
 from ..errors import MupdError
+from .distributed import full_state_dict, local, unwrap
 
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module behind DDP/FSDP (``.module``) or ``torch.compile`` (``._orig_mod``)."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
+__all__ = ["EMA", "unwrap"]
 
 
 class EMA:
@@ -48,6 +44,21 @@ class EMA:
         return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
 
     @torch.no_grad()
+    def shard_like(self, model: nn.Module) -> "EMA":
+        """Keep only this rank's shard of every parameter the (FSDP2-sharded) ``model`` shards, with
+        its mesh and placements; call on every rank after ``fully_shard``."""
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        theirs = dict(unwrap(model).named_parameters())
+        for name, param in list(self.module.named_parameters()):
+            other = theirs.get(name)
+            if isinstance(other, DTensor) and not isinstance(param, DTensor):
+                sharded = distribute_tensor(param.detach().to(other.device), other.device_mesh, other.placements)
+                owner, attr = _owner(self.module, name)
+                setattr(owner, attr, nn.Parameter(sharded, requires_grad=False))
+        return self
+
+    @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         model = unwrap(model)
         decay = self.current_decay()
@@ -57,8 +68,9 @@ class EMA:
             if name not in ema_params:
                 raise MupdError(f"EMA.update: parameter {name!r} is not in the EMA copy; the model's structure changed")
             if param.is_floating_point():
-                mine.append(ema_params[name])
-                theirs.append(param.detach().to(ema_params[name].dtype))
+                own = local(ema_params[name])  # shards of the same placement under FSDP: a local lerp
+                mine.append(own)
+                theirs.append(local(param.detach()).to(own.dtype))
         if mine:
             torch._foreach_lerp_(mine, theirs, 1.0 - decay)
         ema_buffers = dict(self.module.named_buffers())
@@ -66,6 +78,10 @@ class EMA:
             if name in ema_buffers:
                 ema_buffers[name].copy_(buf)
         self.num_updates += 1
+
+    def full_state_dict(self, keep: bool = True) -> dict | None:
+        """The averaged weights, whole, as CPU tensors (collective when sharded; see distributed)."""
+        return full_state_dict(self.module, keep=keep)
 
     def copy_to(self, model: nn.Module) -> None:
         """Write the averaged weights into ``model`` (e.g. before evaluation)."""
@@ -83,3 +99,8 @@ class EMA:
     def to(self, *args, **kwargs) -> "EMA":
         self.module.to(*args, **kwargs)
         return self
+
+
+def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str]:
+    path, _, attr = name.rpartition(".")
+    return (module.get_submodule(path) if path else module), attr
