@@ -9,6 +9,7 @@ from torch import nn
 
 from mupd import MuPD, MupdError
 from mupd.flow import (
+    GuidancePlan,
     drop_conditions,
     flow_matching_loss,
     guided_velocity,
@@ -18,6 +19,7 @@ from mupd.flow import (
     sample_time,
     time_grid,
 )
+from mupd.models.inputs import ConditionRows
 from mupd.models.testing import perturb_zero_init_
 
 
@@ -153,6 +155,37 @@ def test_batched_guidance_equals_separate_forwards():
     assert counting.calls == 1 and counting.batch == 3 * x.shape[0]  # ONE batched forward
     with pytest.raises(MupdError, match="guidance given for"):
         guided_velocity(model, x, t, only(c, {"text"}), {"rna": 2.0})
+
+
+@pytest.mark.parametrize("attention", ["decoupled", "shared"])
+@torch.no_grad()
+def test_guidance_streams_compute_only_on_their_rows(attention):
+    """Batched guidance gives each stream only the rows of the branches it is on in (image: every
+    branch; text, rna: their own branch), and equals the stacked form with all-False mask rows."""
+    model = perturb_zero_init_(
+        MuPD.from_preset("tiny", modalities=("image", "text", "rna"), cond_dims={"image": 8, "text": 8},
+                         vector_modalities={"rna": 6}, attention=attention), std=0.2
+    ).eval().double()  # float64: the two forms agree to rounding, which fp32 guidance would amplify
+    x, t, c = guided_inputs()
+    x, c = x.double(), {k: (v[0].double(), v[1]) if isinstance(v, tuple) else v.double() for k, v in c.items()}
+    B = x.shape[0]
+    seen = {}
+    if attention == "decoupled":
+        for name, stream in model.blocks[0].cross.streams.items():
+            stream.register_forward_hook(lambda mod, args, out, name=name: seen.setdefault(name, args[0].shape[0]))
+    for guidance in ({"text": 2.0, "rna": 4.0}, 3.0):
+        rows = GuidancePlan(model, c, guidance, B)
+        stacked = GuidancePlan(GaussianCounter(model), c, guidance, B)  # a wrapper: no ConditionRows
+        assert any(isinstance(v, ConditionRows) for v in rows.conditions.values())
+        assert not any(isinstance(v, ConditionRows) for v in stacked.conditions.values())
+        seen.clear()
+        torch.testing.assert_close(rows.velocity(model, x, t), stacked.velocity(model, x, t), atol=1e-6, rtol=1e-6)
+        prepared = GuidancePlan(model, c, guidance, B, prepare=True)  # K/V cached per stream block
+        torch.testing.assert_close(prepared.velocity(model, x, t), stacked.velocity(model, x, t), atol=1e-6, rtol=1e-6)
+        if attention == "decoupled" and isinstance(guidance, dict):
+            assert seen == {"image": 3 * B, "text": B, "rna": B}  # not 3B rows each, half of them zeroed
+        elif attention == "decoupled":
+            assert seen == {"image": B, "text": B, "rna": B}  # joint: only the conditional branch
 
 
 class GaussianCounter(nn.Module):
