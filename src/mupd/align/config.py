@@ -49,8 +49,14 @@ class AlignConfig:
     stage1: str | None = None  # distill: folder written by a stage-1 slide run
     aggregator: str = "abmil"  # abmil | transmil
     tile_encoder: str = "cnn"  # cnn: the small image CNN, seeded (stage 2 fine-tunes it) | pixels | a mupd-aligned folder
+    # held-out bags: "section" = regions of test_sections (never trained on); "half" = regions of the other
+    # half (larger x) of the train sections themselves: a within-section check (same stain, unseen spots)
+    holdout: str = "section"
     region: int = 16  # spots per pseudo-slide (a seed spot and its nearest neighbours)
     bags_per_section: int = 48  # training pseudo-slides per section (overlapping regions)
+    n_bags: int = 200  # pcam-slides: training bags (held-out bags: PCam valid, other slides)
+    bag_size: int = 16  # pcam-slides: patches per bag
+    batch_within_section: bool = True  # each batch from one section (negatives are other regions of it)
     temperature: float = 0.07  # initial InfoNCE temperature (learned)
     ema_decay: float = 0.99  # distill: EMA of the teacher patch encoder
     # collapse guard: per-check embedding std (x sqrt(dim), ~1 when spread, 0 when collapsed) and
@@ -82,13 +88,20 @@ PRESETS: dict[str, dict] = {
     "mstar-distill": dict(dataset="her2st-slides", stage="distill", pairs=[["slide", "rna"]], image_size=64, n_genes=256,
                           width=64, embed_dim=64, batch_size=8, lr=1e-4, total_samples=1_536, log_every=256,
                           checkpoint_every=512),
+    # PCam bags <-> a report of the bag (metastasis or not, how many tiles): labels known, learning checkable
+    "tangle-pcam": dict(dataset="pcam-slides", pairs=[["slide", "text"]], tile_encoder="stain", image_size=64, width=64,
+                        embed_dim=64, n_bags=400, bag_size=16, batch_size=32, lr=1e-3, total_samples=8_000,
+                        log_every=800, checkpoint_every=1_600),
     "tiny-slide": dict(dataset="her2st-slides", pairs=[["slide", "rna"], ["slide", "text"]], image_size=32,
                        train_sections=["B4"], test_sections=["C5"], n_genes=32, width=16, embed_dim=16, rna_hidden=32,
                        region=8, bags_per_section=32, batch_size=16, lr=3e-3, total_samples=640, log_every=160,
                        checkpoint_every=160),
+    "tiny-pcam-slide": dict(dataset="pcam-slides", pairs=[["slide", "text"]], tile_encoder="stain", image_size=32, width=32,
+                            embed_dim=16, text_depth=1, n_bags=80, bag_size=8, batch_size=16, lr=3e-3, total_samples=960,
+                            log_every=160, checkpoint_every=320),
 }
 
-SLIDE_DATASETS = ("her2st-slides",)
+SLIDE_DATASETS = ("her2st-slides", "pcam-slides")
 
 
 def preset(name: str, **overrides) -> AlignConfig:
@@ -145,6 +158,7 @@ def load_config(name_or_path: str | os.PathLike, **overrides) -> AlignConfig:
 def _validate_slide(config: AlignConfig) -> None:
     require(any("slide" in pair for pair in config.pairs), "align config: a slide-level run needs a pair with 'slide'")
     require(config.stage in ("align", "distill"), f"align config: stage must be align or distill, not {config.stage!r}")
+    require(config.holdout in ("section", "half"), f"align config: holdout must be section or half, not {config.holdout!r}")
     require(config.aggregator in ("abmil", "transmil"), f"align config: aggregator must be abmil or transmil, not {config.aggregator!r}")
     require(config.region >= 2 and config.bags_per_section >= 1, "align config: region must be >= 2 spots and "
             "bags_per_section >= 1")

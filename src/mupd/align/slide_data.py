@@ -14,6 +14,7 @@ region's own counts, standing in for real report text.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,7 +63,7 @@ def random_regions(sections: np.ndarray, coords: np.ndarray, region: int, per_se
     """``per_section`` regions per section: a random seed spot and its ``region - 1`` nearest spots."""
     rng = np.random.default_rng(seed)
     bags = []
-    for s in sorted(set(sections.tolist())):
+    for s in sorted(set(sections.tolist()) - {""}):
         idx = np.where(sections == s)[0]
         require(len(idx) >= region, f"her2st section {s} has {len(idx)} spots, fewer than region={region}")
         for centre in rng.choice(len(idx), per_section, replace=len(idx) < per_section):
@@ -75,7 +76,7 @@ def disjoint_regions(sections: np.ndarray, coords: np.ndarray, region: int, seed
     a remainder under half a region is dropped), so no spot is in two bags."""
     rng = np.random.default_rng(seed)
     bags = []
-    for s in sorted(set(sections.tolist())):
+    for s in sorted(set(sections.tolist()) - {""}):
         free = list(np.where(sections == s)[0])
         while len(free) >= max(2, region // 2):
             pool = np.asarray(free)
@@ -84,6 +85,28 @@ def disjoint_regions(sections: np.ndarray, coords: np.ndarray, region: int, seed
             bags.append(np.sort(take))
             free = [i for i in free if i not in set(take.tolist())]
     return bags
+
+
+@functools.lru_cache(maxsize=2)
+def _her2st(sections: tuple, image_size: int):
+    """her2st spots of ``sections`` (crops, counts, coords), kept for the process: a stage-2 run and its
+    evaluation read the same sections as stage 1, and reading the full-resolution JPEGs dominates."""
+    from ..data.spatial import load_her2st
+    from .data import _root
+
+    return load_her2st(_root() / "her2st", list(sections), crop=224, size=image_size)
+
+
+def _halves(section: np.ndarray, coords: np.ndarray, split: str) -> np.ndarray:
+    """Section names -> "<section>-left" / "<section>-right" (split at the median x); the other split's
+    spots get "" and are never in a bag."""
+    out = np.full(len(section), "", dtype=object)
+    for s in sorted(set(section.tolist())):
+        rows = section == s
+        left = coords[:, 0] < np.median(coords[rows, 0])
+        keep = rows & (left if split == "train" else ~left)
+        out[keep] = f"{s}-{'left' if split == 'train' else 'right'}"
+    return out.astype(str)
 
 
 def _marker_scores(log_cpm: np.ndarray, genes: list[str]) -> dict[str, np.ndarray]:
@@ -122,11 +145,11 @@ def reports(bulk: np.ndarray, genes: list[str], rule: dict) -> tuple[list[str], 
 
 
 def tile_encoder(config: AlignConfig):
-    """The frozen tile encoder named by ``config.tile_encoder`` (None = raw pixels)."""
+    """The frozen tile encoder named by ``config.tile_encoder`` (None = raw pixels, "stain" = stain statistics)."""
     from .towers import SmallImageTower
 
-    if config.tile_encoder == "pixels":
-        return None
+    if config.tile_encoder in ("pixels", "stain"):
+        return None if config.tile_encoder == "pixels" else "stain"
     if config.tile_encoder == "cnn":
         torch.manual_seed(config.seed)
         return SmallImageTower(config.width, config.embed_dim, config.image_size).eval().requires_grad_(False)
@@ -142,6 +165,10 @@ def encode_tiles(encoder, crops: torch.Tensor, batch_size: int = 256) -> torch.T
 
     if encoder is None:
         return F.adaptive_avg_pool2d(crops.float() / 255.0, 16).flatten(1)
+    if encoder == "stain":  # weight-free H/E/DAB + gradient statistics (mupd.heads.bags)
+        from ..heads.bags import tile_features
+
+        return torch.from_numpy(tile_features(crops.permute(0, 2, 3, 1).numpy()))
     out = []
     for i in range(0, len(crops), batch_size):
         tokens, mask = encoder.encode(crops[i: i + batch_size])
@@ -154,15 +181,18 @@ def load_slides(config: AlignConfig, split: str, *, vocabulary=None, report_rule
     """Pseudo-slides of the train or test sections; the test split needs the train split's vocabulary
     and report rule (pass them), so nothing is fitted on held-out data."""
     from ..data.expression import GeneVocabulary
-    from ..data.spatial import load_her2st
-    from .data import _root
 
     require(split in ("train", "test"), f"split must be train or test, not {split!r}")
-    overlap = set(config.train_sections) & set(config.test_sections)
-    require(not overlap, f"her2st sections {sorted(overlap)} are in both train and test; a held-out split must not share sections")
-    sections = config.train_sections if split == "train" else config.test_sections
-    table = load_her2st(_root() / "her2st", sections, crop=224, size=config.image_size)
+    if config.dataset == "pcam-slides":
+        return _pcam_slides(config, split, encoder)
+    if config.holdout == "section":
+        overlap = set(config.train_sections) & set(config.test_sections)
+        require(not overlap, f"her2st sections {sorted(overlap)} are in both train and test; a held-out split must not share sections")
+    sections = config.train_sections if split == "train" or config.holdout == "half" else config.test_sections
+    table = _her2st(tuple(sections), config.image_size)
     section = np.asarray(table.section)
+    if config.holdout == "half":
+        section = _halves(section, table.coords, split)
     if split == "train":
         bags = random_regions(section, table.coords, config.region, config.bags_per_section, config.seed)
     else:
@@ -185,3 +215,42 @@ def load_slides(config: AlignConfig, split: str, *, vocabulary=None, report_rule
     features = tiles[spots.clamp_min(0)] * mask.unsqueeze(-1)
     return SlideData(features, mask, spots, crops, {"rna": torch.from_numpy(rna), "text": texts},
                      [str(section[b[0]]) for b in bags], vocabulary, report_rule, levels, scores)
+
+
+PCAM_REPORTS = {0: ("lymph node without metastasis, {n} fields examined", "benign reactive lymph node, no tumour in {n} fields"),
+                1: ("metastatic carcinoma in lymph node, {k} of {n} fields involved",
+                    "lymph node with tumour metastasis in {k} of {n} fields")}
+
+
+def _pcam_slides(config: AlignConfig, split: str, encoder) -> SlideData:
+    """Bags of PCam patches (``mupd.heads.bags.pcam_bags``: a positive bag holds 1-4 tumour patches) with
+    a templated report; train = PCam train, test = PCam valid (other slides)."""
+    import torch.nn.functional as F
+
+    from ..heads.bags import pcam_bags
+    from .data import _root
+
+    # PCam valid holds 1,000 normal patches; a bag needs bag_size of them at most.
+    n_bags = config.n_bags if split == "train" else min(config.n_bags, 1000 // config.bag_size)
+    n_bags -= n_bags % 2
+    tiles, flags, labels = pcam_bags(_root() / "pcam", n_bags, config.bag_size, seed=config.seed,
+                                     split="train" if split == "train" else "valid")
+    rng = np.random.default_rng(config.seed + (split == "test"))
+    texts = [PCAM_REPORTS[int(y)][rng.integers(2)].format(k=int(f.sum()), n=len(f)) for y, f in zip(labels, flags)]
+    flat = torch.from_numpy(tiles.reshape(-1, *tiles.shape[2:])).permute(0, 3, 1, 2).contiguous()
+    encoder = encoder if encoder is not None else tile_encoder(config)
+    features = encode_tiles(encoder, flat if encoder == "stain" else _resize(flat, config.image_size))
+    crops = _resize(flat, config.image_size)
+    b, n = tiles.shape[:2]
+    spots = torch.arange(b * n).view(b, n)
+    scores = {"tumour": labels.astype(np.float64)}
+    return SlideData(features.float().view(b, n, -1), torch.ones(b, n, dtype=torch.bool), spots, crops, {"text": texts},
+                     [f"pcam-{split}"] * b, levels={"tumour": labels}, scores=scores)
+
+
+def _resize(crops: torch.Tensor, size: int) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    if crops.shape[-1] == size:
+        return crops
+    return F.interpolate(crops.float(), size=(size, size), mode="bilinear", antialias=True).round().clamp(0, 255).to(torch.uint8)

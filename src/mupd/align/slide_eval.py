@@ -19,7 +19,7 @@ from ..errors import require
 from .evaluate import chance_recall, check_disjoint, recall_at_k, ridge_gene_pearson
 from .slide_data import SlideData
 
-HEAD_MARKERS = ("immune", "stroma", "ERBB2")
+HEAD_MARKERS = ("tumour", "immune", "stroma", "ERBB2")
 
 
 def bag_means(data: SlideData) -> np.ndarray:
@@ -63,6 +63,22 @@ def heads_probe(x: np.ndarray, data: SlideData, folds: int = 5, seed: int = 0, e
     return out
 
 
+@torch.no_grad()
+def zero_shot_reports(model, data: SlideData) -> float:
+    """PCam bags: metastasis or not from the text tower alone — each class prompt is the mean embedding of
+    every report wording of that class (prompt ensembling), the bag takes the closer class."""
+    from .slide_data import PCAM_REPORTS
+
+    n = int(data.mask[0].sum())
+    prototypes = []
+    for label in (0, 1):
+        texts = sorted({t.format(k=k, n=n) for t in PCAM_REPORTS[label] for k in range(1, 5)})
+        prototypes.append(torch.nn.functional.normalize(model.towers["text"].embed(texts).mean(0), dim=0))
+    emb = model.embed_slides(data.features, data.mask)
+    pred = (emb @ torch.stack(prototypes).T).argmax(1).numpy()
+    return float((pred == np.asarray(data.levels["tumour"])).mean())
+
+
 def ridge_readout(train_x, train_y, test_x, test_y) -> dict:
     r = ridge_gene_pearson(train_x, train_y, test_x, test_y, alpha=10.0)
     return {"mean_pearson": float(np.mean(r)), "genes_r_above_0": int((r > 0).sum()), "n_genes": int(len(r))}
@@ -72,22 +88,26 @@ def evaluate_slides(model, train: SlideData, test: SlideData, ks=(1, 5, 10), fol
     check_disjoint(train.groups, test.groups)
     require(len(test) >= 2, f"only {len(test)} held-out bags; use more test sections or a smaller region")
     emb, emb_train = slide_embeddings(model, test), slide_embeddings(model, train)
-    metrics: dict = {"n_train_bags": len(train), "n_test_bags": len(test), "test_sections": sorted(set(test.groups))}
+    metrics: dict = {"n_train_bags": len(train), "n_test_bags": len(test), "test_groups": sorted(set(test.groups))}
     if "rna" in emb:
         for a, b in (("slide", "rna"), ("rna", "slide")):
             metrics[f"{a}->{b}"] = {f"R@{k}": v for k, v in recall_at_k(emb[a], emb[b], ks).items()}
             metrics[f"{a}->{b}"].update({f"chance@{k}": chance_recall(len(test), k) for k in ks})
     if "text" in emb:
-        texts = test.items["text"]
+        # A report is "right" when it says the same as the bag's own: the same text (her2st) or the
+        # same finding, metastasis or not (PCam reports also count tiles, in varied words).
+        keys = [str(y) for y in test.levels["tumour"]] if "tumour" in test.levels else list(test.items["text"])
         top = (emb["slide"] @ emb["text"].T).argmax(1).tolist()
-        metrics["slide->report_top1"] = float(np.mean([texts[j] == texts[i] for i, j in enumerate(top)]))
-        distinct = {t: texts.count(t) / len(texts) for t in texts}
-        metrics["slide->report_chance"] = float(np.mean([distinct[t] for t in texts]))
-    y_tr, y_te = train.items["rna"].numpy(), test.items["rna"].numpy()
+        metrics["slide->report_top1"] = float(np.mean([keys[j] == keys[i] for i, j in enumerate(top)]))
+        metrics["slide->report_chance"] = float(np.mean([keys.count(k) / len(keys) for k in keys]))
+        if "tumour" in test.levels:
+            metrics["zero_shot_tumour"] = zero_shot_reports(model, test)
     slide_tr, slide_te = emb_train["slide"].numpy(), emb["slide"].numpy()
     feat_tr, feat_te = bag_means(train), bag_means(test)
-    metrics["rna_readout"] = {"slide_embedding": ridge_readout(slide_tr, y_tr, slide_te, y_te),
-                              "bag_mean_features": ridge_readout(feat_tr, y_tr, feat_te, y_te)}
+    if "rna" in test.items:
+        y_tr, y_te = train.items["rna"].numpy(), test.items["rna"].numpy()
+        metrics["rna_readout"] = {"slide_embedding": ridge_readout(slide_tr, y_tr, slide_te, y_te),
+                                  "bag_mean_features": ridge_readout(feat_tr, y_tr, feat_te, y_te)}
     metrics["heads_linear"] = {"slide_embedding": heads_probe(slide_te, test, folds),
                                "bag_mean_features": heads_probe(feat_te, test, folds)}
     return metrics
@@ -114,9 +134,10 @@ def patch_features_of(encoder, data: SlideData, i: int) -> torch.Tensor:
 def evaluate_distilled(before, after, train: SlideData, test: SlideData, folds: int = 5) -> dict:
     """Stage 2: bag-mean features of the tile encoder before vs after distillation (ridge, heads)."""
     check_disjoint(train.groups, test.groups)
-    y_tr, y_te = train.items["rna"].numpy(), test.items["rna"].numpy()
     out = {}
     for name, encoder in (("before", before), ("after", after)):
         tr, te = distilled_bag_features(encoder, train), distilled_bag_features(encoder, test)
-        out[name] = {"rna_readout": ridge_readout(tr, y_tr, te, y_te), "heads_linear": heads_probe(te, test, folds)}
+        out[name] = {"heads_linear": heads_probe(te, test, folds)}
+        if "rna" in test.items:
+            out[name]["rna_readout"] = ridge_readout(tr, train.items["rna"].numpy(), te, test.items["rna"].numpy())
     return out

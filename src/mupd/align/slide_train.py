@@ -75,7 +75,8 @@ def save_slide_model(out: Path, model: SlideAligner, config: AlignConfig, data: 
         save_tensors(tmp / "model.safetensors", model.state_dict())
         if encoder is not None:
             save_tensors(tmp / "tile_encoder.safetensors", encoder.state_dict())
-        data.vocabulary.save(tmp / "gene_vocabulary.json")
+        if data.vocabulary is not None:
+            data.vocabulary.save(tmp / "gene_vocabulary.json")
         write_json(tmp / "trainer_state.json", state)
 
 
@@ -105,9 +106,16 @@ def load_tile_encoder(path: str | os.PathLike, config: AlignConfig):
     return encoder.eval().requires_grad_(False)
 
 
-def _batches(config: AlignConfig, n: int, samples: int) -> np.ndarray:
-    # The batch depends only on (seed, samples seen), as in the patch-level trainer.
-    return np.random.default_rng([config.seed, samples]).choice(n, config.batch_size, replace=False)
+def _batches(config: AlignConfig, groups: list, samples: int) -> np.ndarray:
+    """Bags of one section per batch: with sections mixed, InfoNCE is solved by telling sections apart
+    (their stain and batch effects), which says nothing about the regions of an unseen section.
+    The batch depends only on (seed, samples seen), as in the patch-level trainer."""
+    rng = np.random.default_rng([config.seed, samples])
+    groups = np.asarray(groups)
+    pool = np.arange(len(groups))
+    if config.batch_within_section:
+        pool = np.where(groups == rng.choice(sorted(set(groups.tolist()))))[0]
+    return rng.choice(pool, min(config.batch_size, len(pool)), replace=False)
 
 
 def train_slide(config: AlignConfig, out, data: SlideData, *, encoder=None, model: SlideAligner | None = None,
@@ -116,8 +124,7 @@ def train_slide(config: AlignConfig, out, data: SlideData, *, encoder=None, mode
     from tqdm.auto import tqdm
 
     out = Path(out)
-    require(len(data) >= config.batch_size, f"align: only {len(data)} training bags for batch_size {config.batch_size}; "
-            "raise bags_per_section or lower batch_size")
+    require(config.bags_per_section >= 2 and len(data) >= 2, "align: slide training needs at least 2 bags per section")
     torch.manual_seed(config.seed)
     model = model if model is not None else build_slide_model(config, data)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -128,7 +135,7 @@ def train_slide(config: AlignConfig, out, data: SlideData, *, encoder=None, mode
     model.train()
     while samples < config.total_samples:
         torch.manual_seed(config.seed * 1_000_003 + samples)
-        loss, emb = slide_loss(model, config, data.batch(_batches(config, len(data), samples)))
+        loss, emb = slide_loss(model, config, data.batch(_batches(config, data.groups, samples)))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -174,7 +181,7 @@ def distill_slide(config: AlignConfig, out, data: SlideData, *, progress: bool =
     bar = tqdm(total=config.total_samples, unit="bag", disable=not progress, desc=f"distill {config.name}")
     next_ckpt = config.checkpoint_every
     while samples < config.total_samples:
-        index = _batches(config, len(data), samples)
+        index = _batches(config, data.groups, samples)
         torch.manual_seed(config.seed * 1_000_003 + samples)
         patches, mask = data.patches(index), data.mask[torch.as_tensor(index)]
         loss = distiller.loss(patches, mask)
@@ -188,7 +195,7 @@ def distill_slide(config: AlignConfig, out, data: SlideData, *, progress: bool =
             pooled = (projected * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
         health = guard.check(step, samples, {"student": pooled})
         bar.update(config.batch_size)
-        bar.set_postfix(loss=f"{float(loss):.4f}", rank=f"{health['student']['rank']:.1f}")
+        bar.set_postfix(loss=f"{float(loss.detach()):.4f}", rank=f"{health['student']['rank']:.1f}")
         history.append({"samples": samples, "loss": float(loss.detach()), "health": health})
         if guard.healthy and (samples >= next_ckpt or samples >= config.total_samples):
             save_distilled(out, distiller, config, config1, history)
