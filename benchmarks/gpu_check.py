@@ -1,17 +1,20 @@
-"""Correctness on a GPU before any figure is trusted (about 3 minutes on one GPU):
+"""Correctness on a GPU before any figure is trusted (about 3 minutes on one GPU).
 
     python benchmarks/gpu_check.py                    # CUDA; writes benchmarks/results/gpu_check_<device>.json
     python benchmarks/gpu_check.py --device cpu --compile-backend aot_eager   # the same checks on the CPU
 
-1. bf16 autocast vs fp32: MuPD S/2 (16x16 latents, 3 modalities, weights perturbed off their zero
+1. bf16 autocast vs fp32: MuPD at S/2 width, 2 blocks (16x16 latents, 3 modalities, weights perturbed off their zero
    init so the output is not trivially 0) - relative L2 error of the velocity.
 2. torch.compile vs eager (fp32, TF32 off): velocity and every gradient.
 3. flash / memory-efficient SDPA vs the math kernel under bf16, with and without conditions, and
    which kernels ran (on CUDA the unconditioned model must have run flash).
-4. ``torchrun --nproc-per-node 1 -m mupd train`` for 2 optimizer steps (2 accumulation micro-steps
-   each) with ``parallel: ddp`` and with ``parallel: fsdp``, compiled on CUDA, on synthetic patches
-   encoded by ``mupd data encode`` with a tiny random autoencoder: each must exit 0 and log a
-   finite loss. Every check records its error and the next one still runs.
+4. DDP and FSDP2 (mupd's ``shard_model``, bf16 parameters on CUDA, its DTensor-aware clipping) on a
+   1-rank process group in this process: 2 steps, first loss equal to the unwrapped model's.
+5. ``torchrun -m mupd train`` for 2 optimizer steps with ``parallel: ddp`` and ``parallel: fsdp``,
+   compiled on CUDA, on synthetic patches encoded by ``mupd data encode`` with a tiny random
+   autoencoder: each must exit 0 and log finite losses. One process per GPU (at most 2); with one
+   GPU, mupd trains unwrapped (no process group), which is why check 4 exists.
+Every check records its error and the next one still runs.
 """
 
 from __future__ import annotations
@@ -40,8 +43,10 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _model_and_inputs(device, with_modalities=True, latent=16, batch=4, quick=False):
-    overrides = dict(depth=2, hidden_size=64, num_heads=4) if quick else {}
+    # two blocks: the same kernels as the full depth (S/2 width on a GPU), a fraction of the compile time
+    overrides = dict(depth=2, hidden_size=64, num_heads=4) if quick else dict(depth=2)
     g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)  # the weights' initialisation
     model = build_mupd("S/2", latent, device, with_modalities, overrides)
     perturb_(model)
     x = torch.randn(batch, 4, latent, latent, generator=g).to(device)
@@ -99,6 +104,70 @@ def check_sdpa(device, args) -> dict:
     return out
 
 
+def _one_rank_run(parallel: str, device, args) -> dict:
+    """Two optimizer steps of the wrapped model with mupd's FSDP2 sharding / DDP and its DTensor-aware
+    clipping; the first loss must equal the unwrapped model's (same noise and times)."""
+    import copy
+
+    from mupd.flow import flow_matching_loss
+    from mupd.train import distributed as D
+
+    model, x, t, conds = _model_and_inputs(device, quick=args.quick)
+    reference = copy.deepcopy(model)
+    bf16 = device.type == "cuda"
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(device)
+
+    def loss_of(m):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return flow_matching_loss(m, x, conds, noise=noise, t=t)
+
+    with torch.no_grad():
+        ref_loss = float(loss_of(reference))
+    if parallel == "fsdp":
+        wrapped = D.shard_model(model, bf16)
+    else:
+        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index or 0] if bf16 else None)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    losses = []
+    for _ in range(2):
+        loss = loss_of(wrapped)
+        loss.backward()
+        D.clip_grad_norm(list(model.parameters()), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    err = abs(losses[0] - ref_loss) / abs(ref_loss)
+    tol = TOLERANCE["bf16_vs_fp32"] if bf16 else 1e-5
+    return {"ok": all(map(math.isfinite, losses)) and err < tol, "losses": losses, "unwrapped_loss": ref_loss,
+            "relative_error": err, "tolerance": tol}
+
+
+def check_one_rank(device, args) -> dict:
+    """FSDP2 and DDP in this process on a 1-rank group (mupd's own group backend): the wrapping paths
+    that ``mupd train`` skips when torchrun starts a single process."""
+    import socket
+
+    import torch.distributed as dist
+
+    from mupd.train import distributed as D
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(D.process_group_backend(device), init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1, **kwargs)
+    try:
+        out: dict = {"ok": True}
+        for parallel in ("ddp", "fsdp"):
+            out[parallel] = _one_rank_run(parallel, device, args)
+            out["ok"] &= out[parallel]["ok"]
+        return out
+    finally:
+        dist.destroy_process_group()
+
+
 def _synthetic_shards(folder: Path, env: dict, timeout: int) -> Path:
     """32 px noise-textured patches in two class folders -> a tiny random autoencoder -> ``mupd data encode``."""
     import numpy as np
@@ -127,7 +196,9 @@ def check_torchrun(device, args) -> dict:
     env = dict(os.environ, PYTHONUNBUFFERED="1", MUPD_DEVICE=device.type)
     src = Path(__file__).resolve().parents[1] / "src"
     env["PYTHONPATH"] = os.pathsep.join([str(src)] + [p for p in [env.get("PYTHONPATH")] if p])
-    out: dict = {"ok": True}
+    # one process per GPU, at most 2; a single process trains unwrapped (mupd joins no process group)
+    nproc = max(1, min(2, torch.cuda.device_count())) if device.type == "cuda" else 1
+    out: dict = {"ok": True, "processes": nproc, "wrapped": nproc > 1}
     with tempfile.TemporaryDirectory(prefix="mupd-gpu-check-") as tmp:
         tmp = Path(tmp)
         shards = _synthetic_shards(tmp, env, args.step_timeout)
@@ -142,7 +213,7 @@ def check_torchrun(device, args) -> dict:
                 "intervals": {"log": 8, "checkpoint": 16, "preview": 0},
             }
             (tmp / f"{parallel}.yaml").write_text(yaml.safe_dump(config))
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
                    "-m", "mupd", "train", str(tmp / f"{parallel}.yaml")]
             start = time.perf_counter()
             try:
@@ -166,7 +237,8 @@ def _logged_losses(run: Path) -> list[float]:
     return [float(r["loss"]) for r in rows if "loss" in r]
 
 
-CHECKS = {"bf16_vs_fp32": check_bf16, "compiled_vs_eager": check_compile, "flash_vs_math": check_sdpa, "torchrun": check_torchrun}
+CHECKS = {"bf16_vs_fp32": check_bf16, "compiled_vs_eager": check_compile, "flash_vs_math": check_sdpa,
+          "one_rank_ddp_fsdp2": check_one_rank, "torchrun": check_torchrun}
 
 
 def main(argv=None) -> int:
@@ -183,7 +255,15 @@ def main(argv=None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     info = device_info(device)
     out = args.out or RESULTS / f"gpu_check_{slug(info['name'])}.json"
-    results = {}
+    results: dict = {}
+
+    def write() -> dict:  # after every check, so a run stopped by a time limit keeps what it did
+        data = {"benchmark": "gpu_check", "device": info, "quick": args.quick, "ok": all(r["ok"] for r in results.values()),
+                "versions": {"torch": torch.__version__, "cuda": torch.version.cuda}, "checks": results}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        return data
+
     for name in [n.strip() for n in args.only.split(",") if n.strip()]:
         start = time.perf_counter()
         try:
@@ -192,10 +272,7 @@ def main(argv=None) -> int:
             results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:1500]}
         results[name]["seconds"] = time.perf_counter() - start
         print(f"{name}: {'ok' if results[name]['ok'] else 'FAILED'} ({results[name]['seconds']:.1f}s)", file=sys.stderr, flush=True)
-    data = {"benchmark": "gpu_check", "device": info, "quick": args.quick, "ok": all(r["ok"] for r in results.values()),
-            "versions": {"torch": torch.__version__, "cuda": torch.version.cuda}, "checks": results}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        data = write()
     print(json.dumps({"out": str(out), "ok": data["ok"], **{k: v["ok"] for k, v in results.items()}}))
     return 0 if data["ok"] else 1
 
