@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 METHOD_NAMES = ("mean", "pixels-ridge", "untrained-ridge", "aligned-ridge", "aligned-retrieval", "finetuned",
-                "encoder-ridge")  # = runner.METHODS (not imported: the CLI root must not import torch)
+                "encoder-ridge", "finetuned-context")  # = runner.METHODS (not imported: the CLI root must not import torch)
 
 
 def register(subparsers) -> None:
@@ -43,7 +43,7 @@ def register(subparsers) -> None:
     predict.set_defaults(func=run_predict)
     evaluate = sub.add_parser("evaluate", help="run every method and baseline under a named protocol -> JSON")
     evaluate.add_argument("--protocol", required=True, help="her2st-loso or her2st-lopo")
-    evaluate.add_argument("--methods", nargs="+", default=list(METHOD_NAMES[:-1]), choices=METHOD_NAMES)
+    evaluate.add_argument("--methods", nargs="+", default=list(METHOD_NAMES[:-2]), choices=METHOD_NAMES)
     evaluate.add_argument("--data", help="her2st folder (default: the sample data's her2st/)")
     evaluate.add_argument("--genes", type=int, default=250)
     evaluate.add_argument("--gene-rule", default="variance", choices=("variance", "mean"))
@@ -108,6 +108,9 @@ def run_slide_predict(args) -> int:
 
 
 def _encoder_arguments(parser) -> None:
+    parser.add_argument("--context-pool", default="mean", choices=("mean", "attention"),
+                        help="finetuned-context: pool the neighbouring spots' features by mean or attention")
+    parser.add_argument("--context-k", type=int, default=4, help="finetuned-context: nearest spots of the same section")
     parser.add_argument("--encoder", help="encoder-ridge: a registry image encoder (uni, virchow2, timm, plip, ...)")
     parser.add_argument("--encoder-path", help="encoder-ridge: its local weights folder (or hf-hub:ID to download)")
 
@@ -124,8 +127,9 @@ def _settings(args):
         registry.entry("image", args.encoder)
         require(args.encoder_path is None or str(args.encoder_path).startswith("hf-hub:") or
                 Path(args.encoder_path).is_dir(), f"--encoder-path {args.encoder_path} is not a folder")
+    require(args.context_k >= 1, f"--context-k must be >= 1, got {args.context_k}")
     return RunSettings(align_samples=args.align_samples, finetune_epochs=args.epochs, encoder=args.encoder,
-                       encoder_path=args.encoder_path)
+                       encoder_path=args.encoder_path, context_pool=args.context_pool, context_k=args.context_k)
 
 
 def run_train(args) -> int:
@@ -193,7 +197,7 @@ def run_predict(args) -> int:
     if seen:
         print(f"note: sections {seen} were used for training; these predictions are not held-out")
     model = SpotModel.load(args.model)
-    predicted = model.predict(table.images)
+    predicted = model.predict(table.images, table)
     measured = None
     if table.meta.get("values") == "raw counts":
         present = set(table.genes)

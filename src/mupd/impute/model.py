@@ -18,7 +18,7 @@ from ..errors import MupdError, require
 from . import protocols
 from .features import encoder_features, pixel_features, registry_encoder, untrained_encoder
 from .ridge import RidgeReadout
-from .runner import METHODS, NEEDS_ALIGNMENT, RunSettings
+from .runner import FINETUNED, METHODS, NEEDS_ALIGNMENT, RunSettings, context_neighbours
 
 FORMAT = "mupd-impute-spot"
 
@@ -80,8 +80,15 @@ class SpotModel:
         else:
             from .finetune import fit_finetuned
 
+            near = (None, None)
+            if method == "finetuned-context":
+                near = context_neighbours(table, np.arange(len(table)), settings.context_k)
+                model.config["context"] = {"pool": settings.context_pool, "k": settings.context_k,
+                                           "neighbours": "nearest spots of the same section (array position)"}
             model.net, mean, std, history = fit_finetuned(model.align.towers["image"], table.images, y,
-                                                          epochs=settings.finetune_epochs, seed=settings.seed, progress=progress)
+                                                          epochs=settings.finetune_epochs, seed=settings.seed, progress=progress,
+                                                          context=settings.context_pool if near[0] is not None else None,
+                                                          neighbours=near[0], neighbour_mask=near[1])
             model.tensors = {"target_mean": mean, "target_std": std}
             model.config["readout"] = {"epochs": settings.finetune_epochs, "train_loss": history}
         return model
@@ -95,8 +102,10 @@ class SpotModel:
             return encoder_features(untrained_encoder(images.shape[1], self.config["settings"]["seed"]), images)
         return encoder_features(self.align.towers["image"], images)
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) uint8 crops (resized as at training) -> (N, len(genes)) log1p-CPM."""
+    def predict(self, images: np.ndarray, spots=None) -> np.ndarray:
+        """(N, S, S, 3) uint8 crops (resized as at training) -> (N, len(genes)) log1p-CPM. ``spots``:
+        the table the crops come from (ids, section, coords): a context model needs it to find each
+        spot's neighbours among the spots predicted together."""
         side = self.config["image_size"]
         require(images.ndim == 4 and images.shape[1:] == (side, side, 3),
                 f"this model takes {side}x{side} RGB crops, got {images.shape[1:]}; load spots with size={side}")
@@ -112,7 +121,12 @@ class SpotModel:
             return index.predict(image_embeddings(self.align, images))
         from .finetune import predict_finetuned
 
-        return predict_finetuned(self.net, t["target_mean"], t["target_std"], images)
+        near = (None, None)
+        if self.config.get("context"):
+            require(spots is not None and len(spots.ids) == len(images),
+                    "this model reads neighbouring spots (finetuned-context): predict whole sections, passing their spots")
+            near = context_neighbours(spots, np.arange(len(images)), self.config["context"]["k"])
+        return predict_finetuned(self.net, t["target_mean"], t["target_std"], images, *near)
 
     def save(self, path: str | os.PathLike) -> Path:
         with atomic_folder(path) as tmp:
@@ -139,10 +153,10 @@ class SpotModel:
 
             model.align = AlignModel.from_pretrained(path / "align").eval()
             model.align.vocabulary = load_vocabulary(path / "align")
-        if model.method == "finetuned":
+        if model.method in FINETUNED:
             from .finetune import SpotRegressor
 
-            model.net = SpotRegressor(model.align.towers["image"], len(model.genes))
+            model.net = SpotRegressor(model.align.towers["image"], len(model.genes), (config.get("context") or {}).get("pool"))
             state = load_tensors(path / "finetuned.safetensors")
             try:
                 model.net.load_state_dict(state)

@@ -24,9 +24,12 @@ from . import evaluate, protocols
 from .features import encoder_features, pixel_features, registry_encoder, untrained_encoder
 from .ridge import RidgeReadout
 
-METHODS = ("mean", "pixels-ridge", "untrained-ridge", "aligned-ridge", "aligned-retrieval", "finetuned", "encoder-ridge")
-DEFAULT_METHODS = METHODS[:-1]  # encoder-ridge needs pretrained weights the user names
-NEEDS_ALIGNMENT = {"aligned-ridge", "aligned-retrieval", "finetuned"}
+METHODS = ("mean", "pixels-ridge", "untrained-ridge", "aligned-ridge", "aligned-retrieval", "finetuned", "encoder-ridge",
+           "finetuned-context")
+# encoder-ridge needs pretrained weights the user names; finetuned-context costs ~2-3x finetuned
+DEFAULT_METHODS = METHODS[:-2]
+NEEDS_ALIGNMENT = {"aligned-ridge", "aligned-retrieval", "finetuned", "finetuned-context"}
+FINETUNED = ("finetuned", "finetuned-context")
 
 
 @dataclass
@@ -39,6 +42,8 @@ class RunSettings:
     seed: int = 0
     encoder: str | None = None  # encoder-ridge: a registry image encoder name ...
     encoder_path: str | None = None  # ... and its local weights folder (or an explicit hf-hub: id)
+    context_pool: str = "mean"  # finetuned-context: how the neighbours' features are pooled (mean | attention)
+    context_k: int = 4  # ... and how many nearest spots of the same section
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -113,16 +118,24 @@ def run_fold(protocol, table, fold, methods, settings: RunSettings, cache: dict,
     out = {}
     for m in methods:
         t0 = time.perf_counter()
-        if m == "finetuned" and ("finetuned",) + key in cache:
-            pred, info = cache[("finetuned",) + key]
+        if m in FINETUNED and (m,) + key in cache:
+            pred, info = cache[(m,) + key]
         else:
             pred, info = predict_method(m, table, train, test, y_train, groups, model, settings, cache)
-            if m == "finetuned":
-                cache[("finetuned",) + key] = (pred, {**info, "reused_from_identical_fold": True})
+            if m in FINETUNED:
+                cache[(m,) + key] = (pred, {**info, "reused_from_identical_fold": True})
         timings[m] += time.perf_counter() - t0
         summary = evaluate.fold_summary(evaluate.gene_metrics(y_test, pred), panel)
         out[m] = {"fold": fold.name, "n_train": int(len(train)), "n_test": int(len(test)), **info, **summary}
     return out
+
+
+def context_neighbours(table, rows: np.ndarray, k: int):
+    """Neighbours of ``rows`` among ``rows`` (indices local to them): the same section, nearest first."""
+    from .finetune import spot_neighbours, spot_positions
+
+    ids = [table.ids[i] for i in rows]
+    return spot_neighbours(np.asarray(table.section)[rows], spot_positions(ids, table.coords[rows]), k)
 
 
 def predict_method(method, table, train, test, y_train, groups, model, settings: RunSettings, cache: dict):
@@ -151,11 +164,18 @@ def predict_method(method, table, train, test, y_train, groups, model, settings:
 
         index = RetrievalIndex(rna_embeddings(model, table.counts[train], table.genes), y_train, settings.retrieval_k)
         return index.predict(image_embeddings(model, table.images[test])), {"k": index.k, "reference": "training fold spots"}
-    if method == "finetuned":
+    if method in FINETUNED:
         from .finetune import fit_finetuned, predict_finetuned
 
+        near = {"train": (None, None), "test": (None, None)}
+        info = {"epochs": settings.finetune_epochs}
+        if method == "finetuned-context":
+            near = {name: context_neighbours(table, rows, settings.context_k) for name, rows in (("train", train), ("test", test))}
+            info["context"] = {"pool": settings.context_pool, "k": settings.context_k, "neighbours": "nearest spots of the same section"}
         net, mean, std, history = fit_finetuned(model.towers["image"], table.images[train], y_train,
-                                                epochs=settings.finetune_epochs, seed=settings.seed)
-        return predict_finetuned(net, mean, std, table.images[test]), {"epochs": settings.finetune_epochs,
-                                                                       "train_loss": [round(v, 4) for v in history]}
+                                                epochs=settings.finetune_epochs, seed=settings.seed,
+                                                context=settings.context_pool if method == "finetuned-context" else None,
+                                                neighbours=near["train"][0], neighbour_mask=near["train"][1])
+        info["train_loss"] = [round(v, 4) for v in history]
+        return predict_finetuned(net, mean, std, table.images[test], *near["test"]), info
     raise AssertionError(method)
