@@ -44,6 +44,7 @@ class EncodeJob:
     source_vae: str | None = None
     text_encoder: str | None = None
     image_encoder: str | None = None
+    align_encoder: str | None = None  # image encoder whose tokens become alignment targets (align_patches/align_cls)
     encoder_kwargs: dict = field(default_factory=dict)  # {modality: {kwarg: value}}
     vocabulary: str | None = None  # GeneVocabulary JSON: records' expression -> rna_values
     caption_template: str | None = None
@@ -165,7 +166,7 @@ def _signature(job: EncodeJob, vae, source_vae) -> str:
     """What shapes a shard besides its ids; a finished shard made under another signature is redone."""
     import json
 
-    keys = ("vae", "source_vae", "size", "text_encoder", "image_encoder", "encoder_kwargs", "vocabulary",
+    keys = ("vae", "source_vae", "size", "text_encoder", "image_encoder", "align_encoder", "encoder_kwargs", "vocabulary",
             "caption_template", "captions", "on_error", "deepliif_target")
     fields = {k: getattr(job, k) for k in keys}
     fields["stats"] = [vae.latent_mean.tolist(), vae.latent_std.tolist(),
@@ -176,18 +177,36 @@ def _signature(job: EncodeJob, vae, source_vae) -> str:
 def _finish(out: Path, n_shards: int, meta: dict, vocabulary) -> None:
     if vocabulary is not None:
         vocabulary.save(out / "gene_vocabulary.json")
+    if "align" in meta["encoders"]:
+        meta["align_cls_stats"] = _cls_stats(out, n_shards)
     write_index(out, n_shards, meta)
 
 
+def _cls_stats(out: Path, n_shards: int) -> dict:
+    """Mean and std of the raw alignment CLS over the whole set (the trainer standardises with them,
+    as ``mupd.train.alignment.encoder_targets`` does in memory), one shard at a time."""
+    from safetensors import safe_open
+
+    total, square, n = 0.0, 0.0, 0
+    for k in range(n_shards):
+        with safe_open(str(out / f"shard-{k:05d}.safetensors"), framework="pt") as f:
+            cls = f.get_tensor("align_cls").double()
+        total, square, n = total + cls.sum(0), square + (cls * cls).sum(0), n + len(cls)
+    mean = total / n
+    std = ((square - n * mean * mean) / max(n - 1, 1)).clamp_min(0).sqrt().clamp_min(1e-6)
+    return {"mean": mean.tolist(), "std": std.tolist()}
+
+
 def _build_encoders(job: EncodeJob, device) -> dict:
-    wanted = {m: n for m, n in (("text", job.text_encoder), ("image", job.image_encoder)) if n}
+    wanted = {m: n for m, n in (("text", job.text_encoder), ("image", job.image_encoder), ("align", job.align_encoder)) if n}
     if not wanted:
         return {}
     try:
         from ..encoders import registry
     except ImportError as exc:
         raise MupdError(f"condition encoders need mupd.encoders.registry ({exc})") from None
-    return {m: (n, registry.build(m, n, **job.encoder_kwargs.get(m, {})).to(device).eval()) for m, n in wanted.items()}
+    return {m: (n, registry.build("image" if m == "align" else m, n, **job.encoder_kwargs.get(m, {})).to(device).eval())
+            for m, n in wanted.items()}
 
 
 @torch.no_grad()
@@ -216,7 +235,7 @@ def encode_records(records: list[Record], vae, source_vae, encoders: dict, vocab
             continue
         images = torch.cat(images)
         latents.append(vae.encode(images).cpu())
-        if "image" in encoders:
+        if "image" in encoders or "align" in encoders:
             pixels.append(((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
         if source_vae is not None:
             sources.append(source_vae.encode(torch.cat(srcs)).cpu())
@@ -232,6 +251,8 @@ def encode_records(records: list[Record], vae, source_vae, encoders: dict, vocab
         tensors["text"], tensors["text_mask"] = _encode_batched(encoders["text"][1], [c or "" for c in captions], job.batch_size)
     if "image" in encoders:
         tensors["image"], tensors["image_mask"] = _encode_batched(encoders["image"][1], torch.cat(pixels), job.batch_size)
+    if "align" in encoders:  # raw CLS here; its dataset-wide stats go into index.json (_cls_stats)
+        tensors["align_patches"], tensors["align_cls"] = _align_targets(encoders["align"][1], torch.cat(pixels), job.batch_size)
     meta = {"ids": [r.id for r in keep], "labels": labels, "captions": captions, "planned": ids_digest(planned, signature),
             "skipped": skipped, "gene_vocabulary": vocabulary.version if vocabulary is not None else None}
     if vocabulary is not None:
@@ -245,6 +266,19 @@ def encode_records(records: list[Record], vae, source_vae, encoders: dict, vocab
         meta["missing_genes_per_sample_max"] = int(max(reports))
     meta["tensors"] = {k: list(v.shape[1:]) for k, v in tensors.items()}
     return tensors, meta
+
+
+def _align_targets(encoder, pixels: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(patch tokens (N, g*g, E), CLS (N, E)) of the frozen alignment encoder, stored as float16."""
+    from ..train.alignment import split_tokens
+
+    patches, cls = [], []
+    for start in range(0, len(pixels), batch_size):
+        tokens, _ = encoder.encode(pixels[start:start + batch_size].to(getattr(encoder, "device", "cpu")))
+        p, c = split_tokens(tokens.float().cpu())
+        patches.append(p.half())
+        cls.append(c.half())
+    return torch.cat(patches), torch.cat(cls)
 
 
 def _encode_batched(encoder, batch, batch_size: int):

@@ -65,7 +65,7 @@ class ShardReader:
     def meta(self, shard: str) -> dict:
         """The shard's JSON (ids, labels, captions), cached for the shards read most recently."""
         if shard not in self._metas:
-            if len(self._metas) >= 64:
+            if len(self._metas) >= 16:
                 self._metas.pop(next(iter(self._metas)))
             self._metas[shard] = self.json(f"{shard}.json")
         return self._metas[shard]
@@ -182,8 +182,11 @@ class EpochOrder:
             shard = order[slot]
             within = offset - (ends[slot] - self.sizes[shard])
             shards[sel] = shard
-            rows[sel] = torch.stack([self.shard_rows(epoch, s)[w] for s, w in zip(shard.tolist(), within.tolist())]) \
-                if len(shard) else shard
+            picked = torch.empty_like(within)
+            for s in shard.unique().tolist():
+                at = shard == s
+                picked[at] = self.shard_rows(epoch, s)[within[at]]
+            rows[sel] = picked
         return shards, rows
 
 

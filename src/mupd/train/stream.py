@@ -24,15 +24,25 @@ from typing import Iterator
 import torch
 
 from ..data.shard_reader import HALF_KEYS, EpochOrder, ShardReader, augment, dihedral_codes, pad_tokens
-from ..errors import MupdError, require
+from ..errors import require
 
 
 class ShardNames(dict):
     """``data.tensors`` of a streamed source: says which per-sample tensors the shards hold (the
-    trainer asks ``"align_patches" in data.tensors``) but holds none of them in memory."""
+    trainer only asks ``"align_patches" in data.tensors``). Reading an entry loads that tensor of
+    every sample in shard order, unaugmented: for inspecting small sets; training never does."""
+
+    def __init__(self, stream: "ShardStream", keys):
+        super().__init__(dict.fromkeys(keys))
+        self._stream = stream
 
     def __getitem__(self, key):
-        raise MupdError(f"'{key}' is streamed from the shards, not held in memory; read it through data.batches()")
+        if key not in self:
+            raise KeyError(key)
+        stream = self._stream
+        parts = [stream.reader.rows(name, range(size), keys=[key, *([f"{key}_mask"] if key in stream.token_lengths else [])])
+                 for name, size in zip(stream.shards, stream.sizes) if size]
+        return stream.as_trained(key, torch.cat([pad_tokens(p, stream.token_lengths)[key] for p in parts]))
 
 
 class ShardStream:
@@ -55,7 +65,9 @@ class ShardStream:
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.token_lengths = {k: int(v) for k, v in self.index.get("max_tokens", {}).items()}
         self.class_names = list(class_names or self.index.get("classes") or [])
-        self.tensors = ShardNames.fromkeys(k for k in self.index.get("tensors", {}) if k not in ("latent", "label"))
+        self.tensors = ShardNames(self, [k for k in self.index.get("tensors", {}) if k not in ("latent", "label")])
+        stats = self.index.get("align_cls_stats")  # written by 'mupd data encode --align-encoder'
+        self.cls_stats = None if not stats else (torch.tensor(stats["mean"]), torch.tensor(stats["std"]))
         self._vocabulary = "unread"
         self._captions: list[str] | None = None
         self._orders: dict[int, EpochOrder] = {}
@@ -109,6 +121,14 @@ class ShardStream:
             return str(caption)
         return self.templates.get(str(label), "") if label is not None else ""
 
+    def as_trained(self, key: str, value: torch.Tensor) -> torch.Tensor:
+        """Float16 alignment targets back to float32; the raw CLS standardised over the whole set."""
+        if key in HALF_KEYS:
+            value = value.float()
+        if key == "align_cls" and self.cls_stats is not None:
+            value = (value - self.cls_stats[0]) / self.cls_stats[1]
+        return value
+
     def order(self, seed: int) -> EpochOrder:
         if seed not in self._orders:
             self._orders[seed] = EpochOrder(self.sizes, seed)
@@ -134,7 +154,7 @@ class ShardStream:
             out = first_piece.new_empty((len(positions), *first_piece.shape[1:]))
             for at, tensors in pieces:
                 out[at] = tensors[key]
-            batch[key] = out.float() if key in HALF_KEYS else out
+            batch[key] = self.as_trained(key, out)
         batch["latent"] = batch["latent"].float()
         batch["label"] = batch["label"].long()
         if self.augment:
@@ -144,9 +164,15 @@ class ShardStream:
     def batches(self, *, seed: int, start: int, global_size: int, rank: int = 0, world: int = 1) -> Iterator[dict]:
         """This rank's part of every global batch from stream position ``start`` on (endless)."""
         parts = _RankParts(self, seed, start, global_size, rank, world)
-        loader = torch.utils.data.DataLoader(parts, batch_size=None, num_workers=self.workers, pin_memory=self.pin_memory,
-                                             persistent_workers=self.workers > 0, prefetch_factor=2 if self.workers else None)
+        loader = torch.utils.data.DataLoader(parts, batch_size=None, collate_fn=_as_built, num_workers=self.workers,
+                                             pin_memory=self.pin_memory, persistent_workers=self.workers > 0,
+                                             prefetch_factor=2 if self.workers else None)
         return iter(loader)
+
+
+def _as_built(batch: dict) -> dict:
+    """The DataLoader's collate step: parts arrive collated already (built whole by ``part``)."""
+    return batch
 
 
 class _RankParts(torch.utils.data.IterableDataset):
