@@ -173,11 +173,12 @@ class Trainer(StepMixin, CheckpointMixin):
         needs ``find_unused_parameters``, which costs a graph walk per step). A condition stream
         whose rows are all dropped still runs (rows are masked and zeroed, not skipped), so this
         happens only for a stream this run never feeds or a CLS head without CLS targets."""
-        model = self.model
-        idle = [model.cond_embedders[m] for m in model.config.modalities if m not in self.encoders]
-        if model.cls_head is not None and not self.cls_dim:
-            idle.append(model.cls_head)
-        return any(p.requires_grad for module in idle for p in module.parameters())
+        unfed = set(self.model.config.modalities) - set(self.encoders)
+        for name, p in self.model.named_parameters():
+            parts = set(name.split("."))  # cond_embedders.<m>.*, blocks.i.cross.streams.<m>.*, ...modality_embed.<m>
+            if p.requires_grad and (parts & unfed or (parts & {"cls_head"} and not self.cls_dim)):
+                return True
+        return False
 
     def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
