@@ -184,19 +184,18 @@ def device_peak(args, device) -> float | None:
 
 def run_guarded(fn, device: torch.device, *, batch: int | None = None, retry_oom: bool = False) -> dict:
     """``fn(batch)``; any error becomes ``{"error": ...}`` (the run goes on), an out-of-memory error
-    first retries once at half the batch."""
+    first retries once at half the batch (after the failed attempt's tensors are released)."""
     try:
         return fn(batch)
     except OOM as exc:
-        _free(device)
-        if retry_oom and batch and batch >= 16:
-            out = run_guarded(fn, device, batch=batch // 2)
-            return out | {"batch_reduced_after_oom_from": batch}
-        return {"error": f"OutOfMemoryError: {str(exc).splitlines()[0]}"}
+        error, oom = f"OutOfMemoryError: {str(exc).splitlines()[0]}", True
     except Exception as exc:  # noqa: BLE001  (a GPU session must not die half-way)
-        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]}
+        error, oom = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500], False
     finally:
-        _free(device)
+        _free(device)  # the exception (and the frames holding the model) is gone by now
+    if oom and retry_oom and batch and batch >= 16:
+        return run_guarded(fn, device, batch=batch // 2) | {"batch_reduced_after_oom_from": batch}
+    return {"error": error}
 
 
 def ratios(train: dict) -> dict:
@@ -326,7 +325,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     opts = dict(QUICK if args.quick else FULL)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls, as mupd's trainer (settings.enable_tf32)
     for name in ("recompile_limit", "cache_size_limit"):  # one code object (a block) per size and variant
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, 64)

