@@ -7,6 +7,16 @@ PCam: the offline image encoder trained on image<->caption pairs (train split), 
 valid split: zero-shot accuracy from two text prompts and linear-probe accuracy (vs random init).
 
     python benchmarks/align.py --out benchmarks/results/align_cpu.json [--quick]
+
+Slide level (``--slide``; writes e.g. benchmarks/results/align_slide.json): the presets of
+``mupd align train``. ``tangle-pcam``: PCam bags <-> report, 3 seeds, held-out bags from PCam valid
+(other slides): zero-shot metastasis calls, and mupd.heads heads (5-fold over the held-out bags) — a
+linear head on the frozen aligned slide embedding vs a linear head on the bag-mean tile features and a
+supervised ABMIL head on the tiles (the peers, same bags, same folds). ``mstar-slide`` (her2st
+pseudo-slides, bag <-> bulk RNA <-> templated report; test sections C4, C5) and ``mstar-distill`` (stage 2
+from it): retrieval against chance, heads and ridge read-outs, before/after distillation.
+
+    python benchmarks/align.py --slide --out benchmarks/results/align_slide.json
 """
 
 from __future__ import annotations
@@ -94,13 +104,92 @@ def pcam(total_samples: int, per_class: int, workdir: Path) -> dict:
     return result
 
 
+def _load() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def slide_pcam(seeds, scale: float, workdir: Path) -> dict:
+    from mupd.align.slide_data import load_slides
+    from mupd.align.slide_eval import bag_means, evaluate_slides
+    from mupd.align.slide_train import train_slide
+    from mupd.heads.crossval import HeadSpec, classification_cv
+    from mupd.heads.evaluate import classification_metrics
+    from mupd.heads.fit import FitConfig
+    from mupd.heads.splits import patient_folds
+
+    config = preset("tangle-pcam", total_samples=int(8000 * scale))
+    train, test = load_slides(config, "train"), load_slides(config, "test")
+    runs = []
+    for seed in seeds:
+        t0 = time.time()
+        model = train_slide(preset("tangle-pcam", total_samples=config.total_samples, seed=seed), workdir / f"pcam{seed}",
+                            train, progress=False)
+        runs.append({"seed": seed, "train_seconds": round(time.time() - t0, 1), **evaluate_slides(model, train, test)})
+    labels = np.asarray(test.levels["tumour"])
+    ids = np.array([f"bag{i:04d}" for i in range(len(test))])
+    spec = HeadSpec(head="abmil", loss="ce", fit=FitConfig(epochs=40, lr=1e-3, batch_size=16))
+    pred = classification_cv(test.features.numpy(), labels, 2, ids, patient_folds(ids, labels, 5), spec, (0,),
+                             mask=test.mask.numpy())
+    abmil = classification_metrics(pred, ["normal", "tumour"])
+
+    def mean(key):
+        return float(np.mean([key(r) for r in runs]))
+
+    return {"preset": config.to_dict(), "n_train_bags": len(train), "n_test_bags": len(test), "runs": runs,
+            "summary": {"zero_shot_tumour": mean(lambda r: r["zero_shot_tumour"]),
+                        "heads_linear_auc_slide_embedding": mean(lambda r: r["heads_linear"]["slide_embedding"]["tumour"]["macro_auc"]),
+                        "heads_linear_auc_bag_mean_features": runs[0]["heads_linear"]["bag_mean_features"]["tumour"]["macro_auc"],
+                        "heads_abmil_auc_tiles_supervised": abmil["macro_auc"]["value"],
+                        "heads_abmil_balanced_accuracy": abmil["balanced_accuracy"]["value"]}}
+
+
+def slide_her2st(scale: float, workdir: Path) -> dict:
+    from mupd.align.slide_data import load_slides, tile_encoder
+    from mupd.align.slide_eval import evaluate_distilled, evaluate_slides
+    from mupd.align.slide_train import distill_slide, load_tile_encoder, train_slide
+
+    sections = dict(train_sections=["B4", "C2", "C3"], test_sections=["C4", "C5"])
+    config = preset("mstar-slide", total_samples=int(12000 * scale), **sections)
+    encoder = tile_encoder(config)
+    train = load_slides(config, "train", encoder=encoder)
+    test = load_slides(config, "test", vocabulary=train.vocabulary, report_rule=train.report_rule, encoder=encoder)
+    t0 = time.time()
+    model = train_slide(config, workdir / "mstar", train, encoder=encoder, progress=False)
+    stage1 = {"train_seconds": round(time.time() - t0, 1), **evaluate_slides(model, train, test)}
+    distill = preset("mstar-distill", total_samples=int(1536 * scale), stage1=str(workdir / "mstar"), **sections)
+    t0 = time.time()
+    distiller = distill_slide(distill, workdir / "distill", train, progress=False)
+    stage2 = {"train_seconds": round(time.time() - t0, 1),
+              **evaluate_distilled(load_tile_encoder(workdir / "mstar", config), distiller.student, train, test)}
+    return {"preset": config.to_dict(), "stage1": stage1, "stage2": stage2,
+            "data": "her2st pseudo-slides (random contiguous 16-spot regions; bulk = summed counts; report templated "
+                    "from marker terciles), held-out sections C4, C5 cut into disjoint regions"}
+
+
+def slide_main(args) -> None:
+    scale = 0.1 if args.quick else 1.0
+    started, load_start = time.time(), _load()
+    with tempfile.TemporaryDirectory() as tmp:
+        report = {"benchmark": "align-slide", "hardware": f"{platform.machine()} CPU, {args.threads} torch threads",
+                  "torch": torch.__version__, "loadavg_start": load_start,
+                  "pcam": slide_pcam((0, 1, 2), scale, Path(tmp)), "her2st": slide_her2st(scale, Path(tmp))}
+    report["loadavg_end"], report["total_seconds"] = _load(), round(time.time() - started, 1)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({"pcam": report["pcam"]["summary"],
+                      "her2st_slide_to_rna": report["her2st"]["stage1"].get("slide->rna")}, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")
+    parser.add_argument("--slide", action="store_true", help="the slide-level presets instead (align_slide.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.slide:
+        return slide_main(args)
     scale = 0.1 if args.quick else 1.0
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:

@@ -46,9 +46,11 @@ def test_health_measures():
     assert point["std"] < 1e-3 and point["rank"] < 1.01
     line = embedding_health(torch.randn(64, 1) * torch.ones(1, 16))  # +-one direction: spread but rank 1
     assert line["rank"] < 1.01
-    # effective rank = exp(entropy) of normalised singular values, checked with numpy
+    offset = embedding_health(torch.rand(64, 16) + 5.0)  # a shared offset (ReLU-like features) is not collapse
+    assert offset["rank"] > 8
+    # effective rank = exp(entropy) of the normalised singular values of the centred batch, checked with numpy
     z = torch.nn.functional.normalize(torch.randn(32, 8), dim=-1).numpy()
-    s = np.linalg.svd(z, compute_uv=False)
+    s = np.linalg.svd(z - z.mean(0), compute_uv=False)
     p = s / s.sum()
     assert embedding_health(torch.from_numpy(z))["rank"] == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-5)
     guard = CollapseGuard(min_std=0.05, min_rank=1.5, patience=2, hint="try a lower lr")

@@ -5,7 +5,9 @@ Each check measures a batch of L2-normalised embeddings two ways:
 * spread: the mean per-dimension standard deviation times sqrt(dim) — about 1 for embeddings spread
   over the sphere, 0 when every sample maps to the same point;
 * effective rank (RankMe, Garrido et al. 2023): exp of the entropy of the normalised singular values
-  of the (uncentred) embedding matrix — 1 when all samples share one direction, up to min(B, dim).
+  of the *centred* embedding matrix — 1 when the samples vary along one direction only, up to
+  min(B - 1, dim). Centred, so features that share a large common offset (ReLU outputs, stage-2 tile
+  features) are not mistaken for collapsed; a batch with no spread at all counts as rank 1.
 
 A check is bad when either falls below its threshold; ``patience`` bad checks in a row stop the run
 with a ``MupdError`` that says where, by how much, and what to try.
@@ -27,7 +29,9 @@ def embedding_health(embeddings: torch.Tensor) -> dict[str, float]:
     """{"std": spread in [0, ~1], "rank": effective rank in [1, min(B, dim)]} of a (B, dim) batch."""
     z = F.normalize(embeddings.detach().float(), dim=-1)
     std = float(z.std(0).mean()) * math.sqrt(z.shape[1])
-    s = torch.linalg.svdvals(z)
+    if std < 1e-4:  # one point: the centred matrix is rounding noise, whose "rank" means nothing
+        return {"std": std, "rank": 1.0}
+    s = torch.linalg.svdvals(z - z.mean(0))
     p = s / s.sum().clamp_min(1e-12)
     entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
     return {"std": std, "rank": float(torch.exp(entropy))}

@@ -90,7 +90,7 @@ PRESETS: dict[str, dict] = {
                           checkpoint_every=512),
     # PCam bags <-> a report of the bag (metastasis or not, how many tiles): labels known, learning checkable
     "tangle-pcam": dict(dataset="pcam-slides", pairs=[["slide", "text"]], tile_encoder="stain", image_size=64, width=64,
-                        embed_dim=64, n_bags=400, bag_size=16, batch_size=32, lr=1e-3, total_samples=8_000,
+                        embed_dim=64, n_bags=300, bag_size=16, batch_size=32, lr=1e-3, total_samples=8_000,
                         log_every=800, checkpoint_every=1_600),
     "tiny-slide": dict(dataset="her2st-slides", pairs=[["slide", "rna"], ["slide", "text"]], image_size=32,
                        train_sections=["B4"], test_sections=["C5"], n_genes=32, width=16, embed_dim=16, rna_hidden=32,

@@ -230,6 +230,8 @@ def _pcam_slides(config: AlignConfig, split: str, encoder) -> SlideData:
     from ..heads.bags import pcam_bags
     from .data import _root
 
+    require(config.n_bags * config.bag_size <= 5000, f"align config: n_bags x bag_size = {config.n_bags * config.bag_size} "
+            "exceeds the 5,000 normal PCam train patches; lower n_bags or bag_size")
     # PCam valid holds 1,000 normal patches; a bag needs bag_size of them at most.
     n_bags = config.n_bags if split == "train" else min(config.n_bags, 1000 // config.bag_size)
     n_bags -= n_bags % 2

@@ -190,10 +190,9 @@ def distill_slide(config: AlignConfig, out, data: SlideData, *, progress: bool =
         optimizer.step()
         distiller.update_teacher()
         samples, step = samples + config.batch_size, step + 1
-        with torch.no_grad():  # monitored: the student's projected tiles, pooled per bag
-            projected = distiller.projector(patch_features(distiller.student, patches))
-            pooled = (projected * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
-        health = guard.check(step, samples, {"student": pooled})
+        with torch.no_grad():  # monitored: the student encoder's features of the batch's real tiles
+            tiles = patch_features(distiller.student, patches)[mask]
+        health = guard.check(step, samples, {"student": tiles})
         bar.update(config.batch_size)
         bar.set_postfix(loss=f"{float(loss.detach()):.4f}", rank=f"{health['student']['rank']:.1f}")
         history.append({"samples": samples, "loss": float(loss.detach()), "health": health})
