@@ -161,13 +161,12 @@ def from_folder(cfg, vae, *, keep_pixels: bool, progress: bool = True):
     records = patch_folder(root, limit_per_class=per_class)
     labels = [r.label if r.label is not None else -1 for r in records]
     captions = captions_for(labels, cfg.data.captions)
-    if not keep_pixels:
+    if not keep_pixels:  # captions come from data.captions by label when read, so editing them needs no re-encode
         from .stream import ShardStream
 
-        for record, caption in zip(records, captions):
-            record.caption = caption
         cache = encode_once(cfg, vae, records, progress=progress)
-        return ShardStream(cache, workers=cfg.data.workers, augment=cfg.data.augment, class_names=classes)
+        templates = {str(label): caption for label, caption in zip(labels, captions)}
+        return ShardStream(cache, captions=templates, workers=cfg.data.workers, augment=cfg.data.augment, class_names=classes)
     numeric = [lab if isinstance(lab, int) else -1 for lab in labels]
     pixels = load_pixels([r.image for r in records], cfg.data.image_size)
     latents = encode_pixels(vae, pixels, progress=progress)
