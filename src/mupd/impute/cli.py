@@ -61,7 +61,9 @@ def register(subparsers) -> None:
 
 def _register_slide(sub) -> None:
     train = sub.add_parser("slide-train", help="attention-MIL: bulk expression from TRIDENT/CLAM tile-feature .h5 files")
-    train.add_argument("--features", required=True, help="folder of <slide_id>.h5 files (features, coords)")
+    train.add_argument("--features", required=True, help="folder of <slide_id>.h5 files (features, coords) or a "
+                       "'mupd data encode' shard folder (tiles grouped by the manifest's slide_id)")
+    train.add_argument("--manifest", help="with encode shards: the tile manifest (id, slide_id, x, y) if index.json's source moved")
     train.add_argument("--table", required=True, help="CSV/TSV with slide_id or case_id and <GENE>_rnaseq (or gene) columns")
     train.add_argument("--join", default="slide_id", choices=("slide_id", "case_id"))
     train.add_argument("--normalisation", default="none", choices=("none", "log1p_cpm", "log_tpm"),
@@ -72,7 +74,8 @@ def _register_slide(sub) -> None:
     train.set_defaults(func=run_slide_train)
     predict = sub.add_parser("slide-predict", help="predict bulk expression for every .h5 feature file -> CSV")
     predict.add_argument("model", help="a folder written by 'mupd impute slide-train'")
-    predict.add_argument("--features", required=True)
+    predict.add_argument("--features", required=True, help="as for slide-train")
+    predict.add_argument("--manifest", help="as for slide-train")
     predict.add_argument("--out", required=True, help="CSV: slide_id, one column per gene")
     predict.set_defaults(func=run_slide_predict)
 
@@ -81,10 +84,10 @@ def run_slide_train(args) -> int:
     from .slide_data import load_bags
     from .slide_model import save_slide_model, train_slide_model
 
-    data = load_bags(args.features, args.table, join=args.join)
+    data = load_bags(args.features, args.table, join=args.join, manifest=args.manifest)
     model, config = train_slide_model(data.bags, data.values, data.genes, normalisation=args.normalisation,
                                       n_genes=args.genes, epochs=args.epochs)
-    config.update(train_slides=data.ids, join=args.join, unmatched=data.unmatched)
+    config.update(train_slides=data.ids, join=args.join, unmatched=data.unmatched, tile_features=data.features)
     save_slide_model(args.out, model, config)
     print(f"wrote {args.out}: {len(data.ids)} slides, {len(config['genes'])} genes, final loss {config['train_loss'][-1]:.3f}; "
           f"unmatched {data.unmatched['n_feature_files_unmatched']} files / {data.unmatched['n_table_rows_unmatched']} rows")
@@ -98,7 +101,7 @@ def run_slide_predict(args) -> int:
     from .slide_model import load_slide_model, predict_slides, read_slide_config
 
     config = read_slide_config(args.model)
-    data = load_bags(args.features, expected_dim=config["in_dim"])  # widths checked before weights load
+    data = load_bags(args.features, expected_dim=config["in_dim"], manifest=args.manifest)  # widths checked before weights load
     model, config = load_slide_model(args.model)
     frame = pd.DataFrame(predict_slides(model, config, data.bags), columns=config["genes"])
     frame.insert(0, "slide_id", data.ids)

@@ -195,12 +195,15 @@ def pairs_png(path: str | os.PathLike, real: np.ndarray, generated: np.ndarray, 
     from PIL import Image, ImageDraw
 
     rows = np.linspace(0, len(real) - 1, min(n, len(real))).astype(int)
-    side = int(real.shape[1]) * 2
-    canvas = Image.new("RGB", (len(rows) * (side + 2) + 2, 2 * (side + 2) + 16), "white")
+    side, left = int(real.shape[1]) * 2, 70
+    canvas = Image.new("RGB", (left + len(rows) * (side + 2) + 2, 2 * (side + 2) + 16), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, label in enumerate(("real crop", "generated\nfrom its\npredicted\nRNA")):
+        draw.multiline_text((4, 16 + r * (side + 2) + 4), label, fill="black")
     for c, i in enumerate(rows):
         for r, im in enumerate((real[i], generated[i])):
-            canvas.paste(Image.fromarray(im).resize((side, side), Image.NEAREST), (2 + c * (side + 2), 16 + r * (side + 2)))
-        ImageDraw.Draw(canvas).text((2 + c * (side + 2), 2), str(ids[i])[-10:], fill="black")
+            canvas.paste(Image.fromarray(im).resize((side, side), Image.NEAREST), (left + c * (side + 2), 16 + r * (side + 2)))
+        draw.text((left + c * (side + 2), 2), str(ids[i])[-10:], fill="black")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)

@@ -1,5 +1,5 @@
 """Bags for slide-level training: TRIDENT/CLAM feature files (``<slide>.h5`` with ``features``/``coords``)
-joined to a TCGA-style table (``slide_id`` / ``case_id`` column, ``<GENE>_rnaseq`` columns, or plain
+or a ``mupd data encode`` shard folder (``slide_encoded``), joined to a TCGA-style table (``slide_id`` / ``case_id`` column, ``<GENE>_rnaseq`` columns, or plain
 gene columns) — unmatched files and rows are counted and reported, never dropped silently."""
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ class SlideBags:
     values: np.ndarray | None  # (B, G) targets as given in the table (None when predicting)
     genes: list
     unmatched: dict = field(default_factory=dict)
+    features: str = "TRIDENT/CLAM .h5 tile features"
 
 
 def _stem(slide_id: str) -> str:
@@ -68,14 +69,29 @@ def read_target_table(path: str | os.PathLike, join: str):
     return table[join].astype(str).tolist(), genes, values
 
 
-def load_bags(features: str | os.PathLike, table: str | os.PathLike | None = None, *, join: str = "slide_id",
-              expected_dim: int | None = None) -> SlideBags:
-    """Feature files (and, for training, their table rows). ``join='case_id'`` matches files whose
-    name starts with the case id (TCGA barcodes), so several slides of one case share its row."""
+def feature_sources(features: str | os.PathLike, expected_dim: int | None = None, manifest=None) -> tuple[dict, str]:
+    """{slide stem: loader of its (n, D) features} and what the features are, from a folder of .h5
+    files or a ``mupd data encode`` shard folder (tiles grouped by the manifest's slide_id)."""
+    from .slide_encoded import encoded_bags, is_shard_folder
+
+    if is_shard_folder(features):
+        bags, _, name = encoded_bags(features, manifest)
+        widths = sorted({b.shape[1] for b in bags.values()})
+        require(expected_dim is None or widths == [expected_dim], f"{features}: tile features are {widths}-wide but the "
+                                                                  f"model expects {expected_dim}; they come from another encoder")
+        return {s: (lambda b=b: b) for s, b in bags.items()}, f"mupd data encode shards: {name}"
     files = feature_files(features)
+    return {s: (lambda p=p: read_feature_h5(p, expected_dim)[0]) for s, p in files.items()}, "TRIDENT/CLAM .h5 tile features"
+
+
+def load_bags(features: str | os.PathLike, table: str | os.PathLike | None = None, *, join: str = "slide_id",
+              expected_dim: int | None = None, manifest: str | os.PathLike | None = None) -> SlideBags:
+    """Feature files or encode shards (and, for training, their table rows). ``join='case_id'`` matches
+    slides whose name starts with the case id (TCGA barcodes), so several slides of one case share its row."""
+    files, kind = feature_sources(features, expected_dim, manifest)
     if table is None:
         ids = list(files)
-        return SlideBags(ids, [read_feature_h5(files[i], expected_dim)[0] for i in ids], None, [])
+        return SlideBags(ids, [files[i]() for i in ids], None, [], features=kind)
     require(join in ("slide_id", "case_id"), f"join must be slide_id or case_id, not {join!r}")
     keys, genes, values = read_target_table(table, join)
     rows = {}
@@ -90,11 +106,11 @@ def load_bags(features: str | os.PathLike, table: str | os.PathLike | None = Non
     unmatched = {"feature files without a table row": [s for s in files if s not in {m for m, _ in matched}][:5],
                  "n_feature_files_unmatched": len(files) - len(matched),
                  "n_table_rows_unmatched": len(keys) - len(used)}
-    require(bool(matched), f"no feature file in {features} matches a '{join}' of {table} (files e.g. {list(files)[:3]}, "
+    require(bool(matched), f"no slide of {features} matches a '{join}' of {table} (slides e.g. {list(files)[:3]}, "
                            f"table ids e.g. {keys[:3]}); name files <slide_id>.h5")
     if unmatched["n_feature_files_unmatched"] or unmatched["n_table_rows_unmatched"]:
         log.warning("slide bags: %s", unmatched)
-    bags = [read_feature_h5(files[s], expected_dim)[0] for s, _ in matched]
+    bags = [files[s]() for s, _ in matched]
     widths = sorted({b.shape[1] for b in bags})
     require(len(widths) == 1, f"feature files in {features} have different widths {widths}; they come from different encoders")
-    return SlideBags([s for s, _ in matched], bags, values[[r for _, r in matched]], genes, unmatched)
+    return SlideBags([s for s, _ in matched], bags, values[[r for _, r in matched]], genes, unmatched, features=kind)
