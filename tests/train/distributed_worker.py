@@ -90,20 +90,20 @@ def _local_numel(module) -> tuple[int, int]:
     return local, sum(p.numel() for p in module.parameters())
 
 
-def timestep_reaches_embedder_exactly() -> bool:
+def timestep_reaches_embedder_exactly(device: torch.device) -> bool:
     """FSDP2 with the bf16 policy: does the timestep embedding see the fp32 t unrounded?"""
     from mupd.models.mupd import MuPD
     from mupd.train import distributed as D
 
     torch.manual_seed(0)
-    model = MuPD.from_preset("tiny", input_size=8, in_channels=4, modalities=(), cond_dims={})
+    model = MuPD.from_preset("tiny", device=device, input_size=8, in_channels=4, modalities=(), cond_dims={})
     shard = getattr(D, "shard_model", None) or getattr(D, "_fully_shard")
     shard(model, True)
     seen = []
     model.t_embedder.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
-    t = torch.tensor([0.123456789, 0.987654321], dtype=torch.float32)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        model(torch.randn(2, 4, 8, 8), t)
+    t = torch.tensor([0.123456789, 0.987654321], dtype=torch.float32, device=device)
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+        model(torch.randn(2, 4, 8, 8, device=device), t)
     expected = 1.0 - t if model.config.time_reversed else t
     return seen[0].dtype == torch.float32 and torch.equal(seen[0], expected)
 
@@ -125,7 +125,7 @@ def run_scenario(scenario: dict, out: Path) -> dict:
     trainer.fit()
     facts["ema_local_numel"], facts["ema_full_numel"] = _local_numel(trainer.ema.module)
     if trainer.dist.enabled and cfg.parallel == "fsdp":
-        facts["t_exact"] = timestep_reaches_embedder_exactly()
+        facts["t_exact"] = timestep_reaches_embedder_exactly(trainer.device)
     (out / f"{scenario['name']}_rank{trainer.dist.rank}.json").write_text(json.dumps(facts))
     return facts
 

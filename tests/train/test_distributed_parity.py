@@ -31,14 +31,14 @@ def _worker():
     return module
 
 
-def _run_both(run_config, tmp_path, scenarios: dict[str, dict]) -> dict:
+def _run_both(run_config, tmp_path, scenarios: dict[str, dict], device: str = "cpu", overrides: dict = COMMON) -> dict:
     """Each scenario once in this process (1 rank, 4 micro-batches) and once under torchrun (2 ranks x 2)."""
     specs = {}
     for world in (1, 2):
         entries = []
-        for name, overrides in scenarios.items():
-            cfg, path = run_config(f"{name}_{world}", **COMMON, **overrides)
-            entries.append({"name": name, "config": str(path), "output": cfg.output})
+        for name, extra in scenarios.items():
+            cfg, path = run_config(f"{name}_{world}", **overrides, **extra)
+            entries.append({"name": name, "config": str(path), "output": cfg.output, "device": device})
         specs[world] = {"out": str(tmp_path / f"facts_{world}"), "scenarios": entries}
         (tmp_path / f"spec_{world}.json").write_text(json.dumps(specs[world]))
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
