@@ -130,3 +130,11 @@ def test_patch_folder_is_encoded_once_then_streamed(run_config, tiny_vae_dir):
     assert shard.stat().st_mtime_ns == made  # reused, not re-encoded
     a, b = _take(data, 1)[0], _take(again, 1)[0]
     assert torch.equal(a["latent"], b["latent"]) and a["caption"] == b["caption"]
+
+
+def test_limit_keeps_the_first_samples_in_shard_order(shard_dir):
+    stream = ShardStream(shard_dir, limit=7, augment=False)
+    assert len(stream) == 7 and stream.sizes[:3] == [4, 3, 0]
+    epoch = _take(stream, 1, global_size=7)[0]["align_cls"]
+    first = ShardStream(shard_dir).tensors["align_cls"][:7]
+    assert sorted(map(tuple, epoch.tolist())) == sorted(map(tuple, first.tolist()))

@@ -123,7 +123,6 @@ class ShardReader:
         pick = torch.searchsorted(torch.tensor(wanted, dtype=torch.long), torch.tensor([int(r) for r in rows], dtype=torch.long))
         return {key: torch.cat(parts)[pick] for key, parts in pieces.items()}
 
-
     def _read_ranges(self, path: str, starts: list[int], ends: list[int]) -> list[bytes]:
         """Byte ranges of one file: concurrent requests on async (object store) file systems, one
         open file and seeks elsewhere (a local disk)."""

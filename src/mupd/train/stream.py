@@ -56,8 +56,11 @@ class ShardStream:
         self.shards = [s["name"] for s in self.index["shards"]]
         sizes = [int(s["n"]) for s in self.index["shards"]]
         if limit is not None:  # the first `limit` samples in shard order
-            left = int(limit)
-            sizes = [max(0, min(n, left - sum(sizes[:i]))) for i, n in enumerate(sizes)]
+            left, kept = int(limit), []
+            for n in sizes:
+                kept.append(max(0, min(n, left)))
+                left -= kept[-1]
+            sizes = kept
         require(sum(sizes) > 0, f"shard folder {self.path} holds no samples")
         self.sizes = sizes
         self.templates = {str(k): str(v) for k, v in (captions or {}).items()}
