@@ -181,13 +181,27 @@ def cycle_check(model, images: np.ndarray, ids: Sequence[str], generator, *, mea
     result = {"genes": "imputation panel genes in the generator's vocabulary (those that conditioned it)",
               **cycle_statistics(first[:, columns], second[:, columns], n_permutations=n_permutations,
                                  n_resamples=n_resamples, seed=seed)}
-    if measured is not None:  # how far each prediction is from the truth, on the same genes and spots
-        truth = np.asarray(measured)[:, columns]
-        result["vs_measured_mean_r"] = {"first_prediction": float(_columnwise_pearson(truth, first[:, columns])[0].mean()),
-                                        "second_prediction": float(_columnwise_pearson(truth, second[:, columns])[0].mean())}
+    if measured is not None:  # how far each prediction is from the truth, on the genes measured in these spots
+        truth = np.asarray(measured, np.float64)[:, columns]
+        have = np.isfinite(truth).all(0)
+        result["vs_measured_mean_r"] = {"first_prediction": float(_columnwise_pearson(truth[:, have], first[:, columns][:, have])[0].mean()),
+                                        "second_prediction": float(_columnwise_pearson(truth[:, have], second[:, columns][:, have])[0].mean()),
+                                        "n_genes_measured": int(have.sum())}
     result["generator"] = generator.describe() if hasattr(generator, "describe") else {"kind": type(generator).__name__}
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result, generated
+
+
+def measured_panel(table, genes: Sequence[str]) -> np.ndarray:
+    """Measured log1p-CPM (CPM over all of a spot's genes) over ``genes``; NaN where a gene is not in the table."""
+    from .protocols import normalised_panel
+
+    present = [g for g in genes if g in set(table.genes)]
+    out = np.full((len(table.ids), len(genes)), np.nan)
+    if present:
+        index = {g: k for k, g in enumerate(genes)}
+        out[:, [index[g] for g in present]] = normalised_panel(table.counts, table.genes, present, sample_ids=table.ids)
+    return out
 
 
 def pairs_png(path: str | os.PathLike, real: np.ndarray, generated: np.ndarray, ids: Sequence[str], n: int = 8) -> Path:

@@ -75,8 +75,7 @@ def _checked(args):
 def run_cycle(args) -> int:
     from ..checkpoint import write_json
     from ..pipelines import Pipeline
-    from . import protocols
-    from .cycle import PipelineGenerator, cycle_check, pairs_png
+    from .cycle import PipelineGenerator, cycle_check, measured_panel, pairs_png
     from .model import SpotModel
 
     config, table, held_out = _checked(args)
@@ -86,9 +85,7 @@ def run_cycle(args) -> int:
     pipe = Pipeline.from_pretrained(args.generator)
     generator = PipelineGenerator(pipe, model.genes, steps=args.steps, guidance=args.guidance or None,
                                   scales=None if args.rna_scale == 1.0 else {"rna": args.rna_scale}, min_overlap=args.min_overlap)
-    measured = None
-    if set(model.genes) <= set(table.genes):
-        measured = protocols.normalised_panel(table.counts, table.genes, model.genes, sample_ids=table.ids)
+    measured = measured_panel(table, model.genes)
     result, generated = cycle_check(model, table.images, table.ids, generator, measured=measured, seed=args.seed,
                                     n_permutations=args.permutations)
     result.update(model={"path": str(args.model), "method": config["method"], "train_sections": config["train_sections"],
