@@ -171,8 +171,13 @@ def test_guidance_streams_compute_only_on_their_rows(attention):
     B = x.shape[0]
     seen = {}
     if attention == "decoupled":
+        def record(name):
+            def hook(module, args, out):
+                seen.setdefault(name, args[0].shape[0])  # rows the stream's attention ran on
+            return hook
+
         for name, stream in model.blocks[0].cross.streams.items():
-            stream.register_forward_hook(lambda mod, args, out, name=name: seen.setdefault(name, args[0].shape[0]))
+            stream.attn.register_forward_hook(record(name))
     for guidance in ({"text": 2.0, "rna": 4.0}, 3.0):
         rows = GuidancePlan(model, c, guidance, B)
         stacked = GuidancePlan(GaussianCounter(model), c, guidance, B)  # a wrapper: no ConditionRows

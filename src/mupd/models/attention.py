@@ -131,7 +131,8 @@ class CrossAttention(nn.Module):
         return kv
 
     def forward(self, x: torch.Tensor, cond: ConditionTokens) -> torch.Tensor:
-        """(b, N, D) queries -> (b, N, D); (b, 1, D) for a one-token condition (the same for every query)."""
+        """(b, N, D) queries -> (b, N, D); (b, 1, D) for a one-token condition (the same for every
+        query). ``cond.keep`` is not applied here: :class:`CrossStream` folds it into its gate."""
         B, N, D = x.shape
         h = self.num_heads
         if cond.num_tokens == 1:
@@ -140,18 +141,13 @@ class CrossAttention(nn.Module):
         kv = self.keys_values(cond, q.dtype)
         k, v = kv.view(B, kv.shape[1], 2, h, D // h).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=cond.attn_mask)
-        out = self.proj(out.transpose(1, 2).reshape(B, N, D))
-        if cond.keep is not None:
-            out = out * cond.keep.to(out.dtype)
-        return out
+        return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
     def single_token(self, cond: ConditionTokens, dtype: torch.dtype) -> torch.Tensor:
         """Softmax over one key is exactly 1, so every query reads that token's value: the output is
         ``proj(v)`` per sample, with no query projection and no attention over the image tokens."""
         v = self.keys_values(cond, dtype)[..., self.proj.in_features :]
         out = self.proj(v)
-        if cond.keep is not None:
-            out = out * cond.keep.to(out.dtype)
         # q gets an exact zero gradient, as through a one-key softmax, so DDP sees every parameter used
         return out + 0.0 * (self.q.weight.sum() + self.q.bias.sum()).to(out.dtype)
 
@@ -165,19 +161,28 @@ class CrossStream(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 3 * dim))
         self.attn = CrossAttention(dim, num_heads)
 
-    def forward(self, normed: torch.Tensor, c: torch.Tensor, cond: ConditionTokens) -> torch.Tensor:
+    def gated(self, normed: torch.Tensor, c: torch.Tensor, cond: ConditionTokens) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gate, attention output); the stream's contribution is their product. The per-sample
+        ``keep`` is folded into the (b, 1, D) gate rather than multiplied over every token."""
         shift, scale, gate = self.adaLN_modulation(c).chunk(3, dim=1)
+        gate = gate.unsqueeze(1)
+        if cond.keep is not None:
+            gate = gate * cond.keep.to(gate.dtype)
         if cond.num_tokens == 1:  # the queries do not matter (see CrossAttention.single_token)
-            return gate.unsqueeze(1) * self.attn(normed, cond)
-        return gate.unsqueeze(1) * self.attn(modulate(normed, shift, scale), cond)
+            return gate, self.attn(normed, cond)
+        return gate, self.attn(modulate(normed, shift, scale), cond)
+
+    def forward(self, normed: torch.Tensor, c: torch.Tensor, cond: ConditionTokens) -> torch.Tensor:
+        gate, out = self.gated(normed, c, cond)
+        return gate * out
 
 
-def add_rows(x: torch.Tensor, out: torch.Tensor, rows: tuple[int, int] | None) -> torch.Tensor:
-    """``x + out`` where ``out`` covers batch rows ``rows`` only (all rows when None)."""
+def add_gated(x: torch.Tensor, gate: torch.Tensor, out: torch.Tensor, rows: tuple[int, int] | None) -> torch.Tensor:
+    """``x + gate * out`` (one fused pass) where gate and out cover batch rows ``rows`` only (all when None)."""
     if rows is None:
-        return x + out
+        return torch.addcmul(x, gate, out)
     start, stop = rows
-    return torch.cat([x[:start], x[start:stop] + out, x[stop:]], dim=0)
+    return torch.cat([x[:start], torch.addcmul(x[start:stop], gate, out), x[stop:]], dim=0)
 
 
 class DecoupledCrossAttention(nn.Module):
@@ -201,11 +206,11 @@ class DecoupledCrossAttention(nn.Module):
             if scale == 0.0:
                 continue
             if cond.rows is None:
-                out = self.streams[name](normed, c, cond)
+                gate, out = self.streams[name].gated(normed, c, cond)
             else:
                 start, stop = cond.rows
-                out = self.streams[name](normed[start:stop], c[start:stop], cond)
-            x = add_rows(x, out if scale == 1.0 else scale * out, cond.rows)
+                gate, out = self.streams[name].gated(normed[start:stop], c[start:stop], cond)
+            x = add_gated(x, gate if scale == 1.0 else scale * gate, out, cond.rows)
         return x
 
 
