@@ -190,8 +190,10 @@ def distill_slide(config: AlignConfig, out, data: SlideData, *, progress: bool =
         optimizer.step()
         distiller.update_teacher()
         samples, step = samples + config.batch_size, step + 1
-        with torch.no_grad():  # monitored: the student encoder's features of the batch's real tiles
-            tiles = patch_features(distiller.student, patches)[mask]
+        with torch.no_grad():  # monitored: the student's tile features as the stage-1 aggregator sees them
+            # (standardised with stage 1's statistics: raw CNN features share a large offset, so their
+            # normalised spread is small even when healthy)
+            tiles = stage1._standardise(patch_features(distiller.student, patches)[mask])
         health = guard.check(step, samples, {"student": tiles})
         bar.update(config.batch_size)
         bar.set_postfix(loss=f"{float(loss.detach()):.4f}", rank=f"{health['student']['rank']:.1f}")

@@ -42,8 +42,15 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-report", action="store_true", help="write metrics.json and predictions.csv only")
     p.set_defaults(func=run_train)
-    e = sub.add_parser("evaluate", help="recompute metrics.json and report.html of a run folder from predictions.csv")
+    e = sub.add_parser("evaluate", help="recompute a run's metrics/report from predictions.csv, or apply its fitted "
+                       "heads to a new cohort (--cohort, --out) without refitting",
+                       description="Without --cohort: re-score RUN from its predictions.csv. With --cohort TABLE --out DIR: "
+                                   "apply the heads RUN fitted (all folds and seeds averaged, or --fold/--seed) to TABLE.")
     e.add_argument("run", help="a folder written by `mupd heads train`")
+    e.add_argument("--cohort", default=None, help="a new table (or TCGA cohort name) with the same input columns")
+    e.add_argument("--out", default=None, help="with --cohort: the folder for predictions.csv, metrics.json, report.html")
+    e.add_argument("--fold", type=int, default=None, help="with --cohort: apply only this fold's head (default: all)")
+    e.add_argument("--seed", type=int, default=None, help="with --cohort: apply only this seed's heads (default: all)")
     e.add_argument("--no-report", action="store_true")
     e.set_defaults(func=run_evaluate)
     heads.set_defaults(func=lambda args: (heads.print_help(), 1)[1])
@@ -94,8 +101,18 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from ..errors import require
     from .run import evaluate_run, headline
 
+    if args.cohort is not None:
+        from .apply import evaluate_new
+
+        require(args.out is not None, "--cohort needs --out (a new folder for the predictions and report)")
+        summary = evaluate_new(args.run, args.cohort, args.out, fold=args.fold, seed=args.seed, report=not args.no_report)
+        print(f"{summary['title']}: {headline(summary)}")
+        print(f"wrote {args.out}/predictions.csv, metrics.json" + ("" if args.no_report else ", report.html"))
+        return 0
+    require(args.out is None and args.fold is None and args.seed is None, "--out/--fold/--seed go with --cohort")
     summary = evaluate_run(args.run, report=not args.no_report)
     print(f"{summary['title']}: {headline(summary)}")
     return 0

@@ -52,7 +52,8 @@ def _lifelines_cox(x_train, time, event, x_test, penalizer: float):
 
 
 def _survival_fold(x, mask, time, event, fold: Fold, spec: HeadSpec, seed: int):
-    """(train risk, test risk, test survival curve or None, bin edges) for one fold and seed."""
+    """(train risk, test risk, test survival curve or None, bin edges, fitted model or None, standardiser
+    or None) for one fold and seed."""
     import torch
 
     from .models import build_head
@@ -65,7 +66,7 @@ def _survival_fold(x, mask, time, event, fold: Fold, spec: HeadSpec, seed: int):
     xtr, xte = (scale(x[tr]), scale(x[te])) if scale else (x[tr], x[te])
     if spec.head == "lifelines-cox":
         risk_tr, risk_te = _lifelines_cox(xtr, time[tr], event[tr], xte, spec.penalizer)
-        return risk_tr, risk_te, None, None
+        return risk_tr, risk_te, None, None, None, scale
     edges = time_bins(time[tr], event[tr], spec.bins) if spec.loss == "nll" else None
     out_dim = len(edges) + 1 if spec.loss == "nll" else 1
     torch.manual_seed(seed)
@@ -79,19 +80,34 @@ def _survival_fold(x, mask, time, event, fold: Fold, spec: HeadSpec, seed: int):
     out_tr = predict(model, torch.as_tensor(xtr), mtr)
     out_te = predict(model, torch.as_tensor(xte), None if mask is None else torch.as_tensor(mask[te]))
     if spec.loss == "nll":
-        return risk_from_logits(out_tr).numpy(), risk_from_logits(out_te).numpy(), survival_curve(out_te).numpy(), edges
-    return out_tr[:, 0].numpy(), out_te[:, 0].numpy(), None, None
+        return (risk_from_logits(out_tr).numpy(), risk_from_logits(out_te).numpy(), survival_curve(out_te).numpy(), edges,
+                model, scale)
+    return out_tr[:, 0].numpy(), out_te[:, 0].numpy(), None, None, model, scale
 
 
-def survival_cv(x, time, event, case_ids, folds: list[Fold], spec: HeadSpec, seeds=(0,), mask=None, progress=None):
-    """Out-of-fold risks for every fold and seed -> DataFrame(case_id, fold, seed, time, event, risk, high_risk)."""
+def head_meta(spec: HeadSpec, in_dim: int, out_dim: int, **extra) -> dict:
+    """What ``saved.load_fitted`` needs to rebuild a fitted head."""
+    return {"head": spec.head, "loss": spec.loss, "in_dim": int(in_dim), "out_dim": int(out_dim), "hidden": spec.hidden,
+            "dropout": spec.dropout, "genes": spec.genes, "pathways": spec.pathways, **extra}
+
+
+def survival_cv(x, time, event, case_ids, folds: list[Fold], spec: HeadSpec, seeds=(0,), mask=None, progress=None,
+                store=None, meta: dict | None = None):
+    """Out-of-fold risks for every fold and seed -> DataFrame(case_id, fold, seed, time, event, risk, high_risk).
+    ``store`` (a ``saved.FoldStore``): each finished fit is saved there, and fits it already holds are reused."""
     import pandas as pd
 
     require(spec.loss in ("nll", "cox"), f"survival heads train with --loss nll or cox, not {spec.loss!r}")
     rows, curves = [], {}
     for seed in seeds:
         for fold in folds:
-            risk_tr, risk_te, curve, edges = _survival_fold(x, mask, time, event, fold, spec, seed)
+            saved = store.done(fold, seed) if store is not None else None
+            if saved is not None:
+                rows.append(saved)
+                if progress is not None:
+                    progress.update(1)
+                continue
+            risk_tr, risk_te, curve, edges, model, scale = _survival_fold(x, mask, time, event, fold, spec, seed)
             threshold = float(np.median(risk_tr))
             frame = pd.DataFrame({"case_id": case_ids[fold.test], "fold": fold.index, "seed": seed,
                                   "time": time[fold.test], "event": event[fold.test].astype(int),
@@ -102,6 +118,11 @@ def survival_cv(x, time, event, case_ids, folds: list[Fold], spec: HeadSpec, see
                     frame[f"surv_{k}"] = curve[:, k]
                 for k, edge in enumerate(edges, 1):
                     frame[f"edge_{k}"] = edge
+            if store is not None:
+                out_dim = 1 if curve is None else curve.shape[1]
+                store.save(fold, seed, frame, model, scale, head_meta(spec, x.shape[-1], out_dim, threshold=threshold,
+                                                                      edges=None if edges is None else [float(e) for e in edges],
+                                                                      **(meta or {})))
             rows.append(frame)
             if progress is not None:
                 progress.update(1)
@@ -109,7 +130,7 @@ def survival_cv(x, time, event, case_ids, folds: list[Fold], spec: HeadSpec, see
 
 
 def classification_cv(x, labels, n_classes: int, case_ids, folds: list[Fold], spec: HeadSpec, seeds=(0,), mask=None,
-                      progress=None, on_fit=None):
+                      progress=None, on_fit=None, store=None, meta: dict | None = None):
     """Out-of-fold class probabilities -> DataFrame(case_id, fold, seed, label, prob_0..prob_{K-1}).
     ``on_fit(fold, seed, model)`` sees each fitted head (e.g. to read a test bag's attention)."""
     import pandas as pd
@@ -120,8 +141,15 @@ def classification_cv(x, labels, n_classes: int, case_ids, folds: list[Fold], sp
     rows = []
     for seed in seeds:
         for fold in folds:
+            saved = store.done(fold, seed) if store is not None and on_fit is None else None
+            if saved is not None:
+                rows.append(saved)
+                if progress is not None:
+                    progress.update(1)
+                continue
             tr, te = fold.train, fold.test
-            scale = Standardiser(x[tr]) if spec.head in TABULAR_SCALED else (lambda a: a)
+            scale = Standardiser(x[tr]) if spec.head in TABULAR_SCALED else None
+            scale_or_identity = scale or (lambda a: a)
             torch.manual_seed(seed)
             model = build_head(spec.head, x.shape[-1], n_classes, hidden=spec.hidden, dropout=spec.dropout,
                                genes=spec.genes, pathways=spec.pathways)
@@ -129,12 +157,14 @@ def classification_cv(x, labels, n_classes: int, case_ids, folds: list[Fold], sp
             weight = torch.as_tensor(len(tr) / (n_classes * np.maximum(counts, 1)), dtype=torch.float32)
             target = {"label": torch.as_tensor(labels[tr]), "class_weight": weight}
             mtr = None if mask is None else torch.as_tensor(mask[tr])
-            train_head(model, torch.as_tensor(scale(x[tr])), target, "ce", spec.fit, mask=mtr, seed=seed)
-            out = predict(model, torch.as_tensor(scale(x[te])), None if mask is None else torch.as_tensor(mask[te]))
+            train_head(model, torch.as_tensor(scale_or_identity(x[tr])), target, "ce", spec.fit, mask=mtr, seed=seed)
+            out = predict(model, torch.as_tensor(scale_or_identity(x[te])), None if mask is None else torch.as_tensor(mask[te]))
             prob = torch.softmax(out, dim=1).numpy()
             frame = pd.DataFrame({"case_id": case_ids[te], "fold": fold.index, "seed": seed, "label": labels[te]})
             for k in range(n_classes):
                 frame[f"prob_{k}"] = prob[:, k]
+            if store is not None:
+                store.save(fold, seed, frame, model, scale, head_meta(spec, x.shape[-1], n_classes, **(meta or {})))
             rows.append(frame)
             if on_fit is not None:
                 on_fit(fold, seed, model)

@@ -27,13 +27,33 @@ def _progress(total: int, desc: str):
 
 
 def _inputs(cohort, features: str, spec: HeadSpec, genesets):
+    """(feature matrix, feature names, gene-set file used or None)."""
+    from .data import check_feature_kind, default_genesets
+
+    if "pathways" in check_feature_kind(features) or spec.head == "pathway-tokens":
+        genesets = str(genesets or default_genesets())
     if spec.head == "pathway-tokens":
         from ..data.pathways import PathwayScorer
-        from .data import default_genesets
 
         require(features == "genes", "the pathway-tokens head reads genes; use --features genes")
-        spec.genes, spec.pathways = list(cohort.genes), PathwayScorer.from_csv(genesets or default_genesets()).pathways
-    return feature_matrix(cohort, features, genesets)[0]
+        spec.genes, spec.pathways = list(cohort.genes), PathwayScorer.from_csv(genesets).pathways
+    x, names = feature_matrix(cohort, features, genesets)
+    return x, list(names), genesets
+
+
+def _store(out, summary: dict, case_ids, *arrays):
+    """Per-fold results under OUT/folds (resume + reusable heads), keyed on the config (not the seed list:
+    each seed has its own folder) and a digest of the inputs, so changed data is refitted."""
+    import hashlib
+
+    import numpy as np
+
+    from .saved import FoldStore
+
+    digest = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)).hexdigest()[:16]
+    key = {"task": summary["task"], "inputs": digest,
+           "config": {k: v for k, v in summary["config"].items() if k not in ("cohort", "seeds")}}
+    return FoldStore(out, key, case_ids)
 
 
 def run_survival(cohort: str, out, *, features: str = "genes", spec: HeadSpec | None = None, folds: int = 5,
@@ -42,19 +62,21 @@ def run_survival(cohort: str, out, *, features: str = "genes", spec: HeadSpec | 
     require_lifelines()
     start = time.perf_counter()
     data = load_cohort(cohort, need_rna=features != "clinical")  # "clinical" only: tables without RNA work too
-    x = _inputs(data, features, spec, genesets)
+    x, names, genesets = _inputs(data, features, spec, genesets)
     split = patient_folds(data.case_ids, data.event, folds, seed=0)
     check_fold_events(split, data.event)
-    with _progress(len(split) * len(seeds), f"{data.name} {features}/{spec.head}/{spec.loss}") as bar:
-        pred, _ = survival_cv(x, data.time, data.event, data.case_ids, split, spec, seeds, progress=bar)
     summary = {"format": FORMAT, "task": "survival", "title": f"survival: TCGA-{data.name.upper()}, {features} -> {spec.head} ({spec.loss})",
                "protocol": f"{folds}-fold CV split by patient (case_id), stratified by event; seeds {list(seeds)}; "
                            "95% CI = Student-t over the fold C-indices (each averaged over seeds); KM groups split at "
                            "the training fold's median risk.",
                "config": {"cohort": str(cohort), "features": features, "head": spec.head, "loss": spec.loss,
                           "bins": spec.bins, "hidden": spec.hidden, "dropout": spec.dropout, "penalizer": spec.penalizer,
-                          "fit": spec.fit.to_dict(), "folds": folds, "seeds": list(seeds), "n_features": int(x.shape[-1])},
-               "seconds": round(time.perf_counter() - start, 1)}
+                          "fit": spec.fit.to_dict(), "folds": folds, "seeds": list(seeds), "n_features": int(x.shape[-1])}}
+    store = _store(out, summary, data.case_ids, x, data.time, data.event)
+    meta = {"task": "survival", "features": features, "feature_names": names, "genesets": genesets}
+    with _progress(len(split) * len(seeds), f"{data.name} {features}/{spec.head}/{spec.loss}") as bar:
+        pred, _ = survival_cv(x, data.time, data.event, data.case_ids, split, spec, seeds, progress=bar, store=store, meta=meta)
+    summary.update(seconds=round(time.perf_counter() - start, 1), resumed_fits=store.reused)
     return _finish(out, pred, summary, report)
 
 
@@ -66,17 +88,22 @@ def run_classification(cohort: str, out, *, label: str = "oncotree_code", featur
     start = time.perf_counter()
     data = load_cohort(cohort, need_rna=features != "clinical")  # "clinical" only: tables without RNA work too
     y, classes, keep = data.labels(label, min_count)
-    x = _inputs(data, features, spec, genesets)[keep]
+    x, names, genesets = _inputs(data, features, spec, genesets)
+    x = x[keep]
     split = patient_folds(data.case_ids[keep], y, folds, seed=0)
-    with _progress(len(split) * len(seeds), f"{data.name} {label} {features}/{spec.head}") as bar:
-        pred = classification_cv(x, y, len(classes), data.case_ids[keep], split, spec, seeds, progress=bar)
     summary = {"format": FORMAT, "task": "classification", "classes": classes,
                "title": f"classification: TCGA-{data.name.upper()} {label}, {features} -> {spec.head}",
                "protocol": f"{folds}-fold CV split by patient, stratified by class; classes with < {min_count} patients "
                            f"dropped; class-weighted cross-entropy; seeds {list(seeds)}; 95% CI = t over folds.",
                "config": {"cohort": str(cohort), "label": label, "features": features, "head": spec.head,
-                          "fit": spec.fit.to_dict(), "folds": folds, "seeds": list(seeds), "n_features": int(x.shape[-1])},
-               "seconds": round(time.perf_counter() - start, 1)}
+                          "fit": spec.fit.to_dict(), "folds": folds, "seeds": list(seeds), "n_features": int(x.shape[-1])}}
+    store = _store(out, summary, data.case_ids[keep], x, y)
+    meta = {"task": "classification", "features": features, "feature_names": names, "genesets": genesets,
+            "label": label, "classes": classes}
+    with _progress(len(split) * len(seeds), f"{data.name} {label} {features}/{spec.head}") as bar:
+        pred = classification_cv(x, y, len(classes), data.case_ids[keep], split, spec, seeds, progress=bar, store=store,
+                                 meta=meta)
+    summary.update(seconds=round(time.perf_counter() - start, 1), resumed_fits=store.reused)
     return _finish(out, pred, summary, report)
 
 
@@ -120,7 +147,8 @@ def headline(summary: dict) -> str:
     m = summary["metrics"]
     if summary["task"] == "survival":
         c = m["c_index"]
-        return (f"C-index {c['value']:.3f} (95% CI {c['low']:.3f}-{c['high']:.3f}, t over {c['n']} folds), "
+        over = c.get("method", "") if "bootstrap" in c.get("method", "") else f"t over {c['n']} folds"
+        return (f"C-index {c['value']:.3f} (95% CI {c['low']:.3f}-{c['high']:.3f}, {over}), "
                 f"log-rank p {m['logrank_p']:.2g}, {m['n_patients']} patients / {m['n_events']} events")
     b, a = m["balanced_accuracy"], m["macro_auc"]
     return (f"balanced accuracy {b['value']:.3f} [{b['low']:.3f}, {b['high']:.3f}], macro AUC {a['value']:.3f} "
