@@ -8,6 +8,11 @@ evaluations) for: mupd with no conditions, diffusers DiT (class-conditional, its
 mupd with three modalities present (image 1 token, text 77 tokens, RNA 331 pathway scores). Runs
 are interleaved (mupd, diffusers, mupd, ...) after warm-up and the median is reported; ratios are
 mupd / diffusers (lower is better). On CUDA: bf16 autocast, optional ``torch.compile``.
+
+Conditioning overhead (``--overhead-size``, default 32: 32x32 latents = 256 image tokens at patch 2):
+the train step with the three streams (77 text + 1 image + 331 RNA condition tokens) over the same
+model size with none, interleaved, as the median of per-repeat ratios; also the ratio of counted
+FLOPs (``torch.utils.flop_counter``), which no other load on the machine can disturb.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+TEXT_TOKENS, TEXT_REAL, RNA_ENTRIES = 77, 40, 331  # CLIP-length text (40 real, the rest padding), 331 pathways
+
 
 def build(args, device):
     from diffusers import DiTTransformer2DModel
@@ -33,7 +40,7 @@ def build(args, device):
     cfg = MuPDConfig.from_preset(args.preset, input_size=args.input_size, modalities=())
     plain = MuPD(cfg)
     multi = MuPD.from_preset(
-        args.preset, input_size=args.input_size, modalities=("image", "text"), vector_modalities={"rna": 331},
+        args.preset, input_size=args.input_size, modalities=("image", "text"), vector_modalities={"rna": RNA_ENTRIES},
         cond_dims={"image": 1024, "text": 1024},
     )
     dit = DiTTransformer2DModel(
@@ -53,10 +60,11 @@ def make_conditions(name, args, device):
         return {"labels": torch.randint(0, 1000, (B,), device=device)}
     if name == "mupd":
         return {}
+    text_mask = torch.arange(TEXT_TOKENS, device=device)[None].expand(B, TEXT_TOKENS) < TEXT_REAL
     return {
         "image": torch.randn(B, 1024, device=device),
-        "text": (torch.randn(B, 77, 1024, device=device), torch.arange(77, device=device)[None].expand(B, 77) < 40),
-        "rna": torch.randn(B, 331, device=device),
+        "text": (torch.randn(B, TEXT_TOKENS, 1024, device=device), text_mask),
+        "rna": torch.randn(B, RNA_ENTRIES, device=device),
     }
 
 
@@ -134,6 +142,56 @@ def measure(args) -> dict:
     }
 
 
+def step_flops(call, model, x, t) -> int:
+    """FLOPs of one train step (matmuls and attention, as torch's flop counter counts them)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        train_step(call, model, x, t)
+    return counter.get_total_flops()
+
+
+def measure_overhead(args) -> dict:
+    """Train step with 3 condition streams vs 0 (and vs diffusers' DiT) at ``--overhead-size``."""
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    sized = argparse.Namespace(**{**vars(args), "input_size": args.overhead_size})
+    models = build(sized, device)
+    calls = {}
+    for name, model in models.items():
+        model.train()
+        calls[name] = make_call(name, torch.compile(model) if args.compile else model, make_conditions(name, sized, device))
+    x = torch.randn(args.batch, 4, args.overhead_size, args.overhead_size, device=device)
+    t = torch.rand(args.batch, device=device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    times = {name: [] for name in models}
+    loads = [os.getloadavg()[0]]
+    with autocast:
+        flops = {name: step_flops(calls[name], models[name], x, t) for name in models} if not args.compile else {}
+        for rep in range(args.warmup + args.repeats):
+            for name, model in models.items():
+                start = timer(device)
+                train_step(calls[name], model, x, t)
+                if rep >= args.warmup:
+                    times[name].append(timer(device) - start)
+    loads.append(os.getloadavg()[0])
+    ratios = [multi / plain for multi, plain in zip(times["mupd_3modalities"], times["mupd"])]
+    out = {
+        "input_size": args.overhead_size,
+        "image_tokens": (args.overhead_size // models["mupd"].config.patch_size) ** 2,
+        "condition_tokens": {"text": TEXT_TOKENS, "image": 1, "rna": RNA_ENTRIES},
+        "train_step_s": {name: statistics.median(v) for name, v in times.items()},
+        "ratio_train_3streams_over_0streams": statistics.median(ratios),
+        "ratios_per_repeat": ratios,
+        "ratio_train_3streams_over_diffusers": statistics.median(times["mupd_3modalities"]) / statistics.median(times["diffusers"]),
+        "load_average_1min": {"before": loads[0], "after": loads[1]},
+    }
+    if flops:
+        out["train_flops"] = flops
+        out["flop_ratio_3streams_over_0streams"] = flops["mupd_3modalities"] / flops["mupd"]
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="JSON file to write")
@@ -146,6 +204,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--compile", action="store_true", help="torch.compile both networks")
+    parser.add_argument("--overhead-size", type=int, default=32, help="latent side for the conditioning-overhead run (0 = skip)")
     parser.add_argument(
         "--clock", choices=sorted(CLOCK), default="wall",
         help="'process' = this process's CPU time (robust when other jobs share the cores; CPU only)",
@@ -158,6 +217,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = measure(args)
+    if args.overhead_size:
+        result["conditioning_overhead"] = measure_overhead(args)
     if args.device.startswith("cuda"):
         device_name = torch.cuda.get_device_name()
     else:
@@ -169,11 +230,15 @@ def main(argv=None) -> int:
         "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
         **result,
         "note": "ratios are mupd / diffusers (lower is better); diffusers' DiT has no condition streams, so the "
-        "3-modality ratio is mupd's overhead for image+text+RNA conditioning relative to the unconditional DiT",
+        "3-modality ratio is mupd's overhead for image+text+RNA conditioning relative to the unconditional DiT; "
+        "conditioning_overhead: 3 streams over 0 at the same size (median of interleaved per-repeat ratios)",
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in payload.items() if k.startswith("ratio")}, indent=2))
+    summary = {k: v for k, v in payload.items() if k.startswith("ratio")}
+    if "conditioning_overhead" in payload:
+        summary["conditioning_overhead"] = {k: v for k, v in payload["conditioning_overhead"].items() if "ratio" in k and "per_repeat" not in k}
+    print(json.dumps(summary, indent=2))
     return 0
 
 
