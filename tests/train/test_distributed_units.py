@@ -80,3 +80,16 @@ def test_a_nan_loss_stops_the_run_at_the_next_log(tmp_path):
     with pytest.raises(MupdError, match=r"training loss became nan at 0 images"):
         trainer.fit()
     assert trainer.progress.images_seen == 32  # read at the first log interval, not after every step
+
+
+def test_the_first_step_checks_the_model_inputs_once(tmp_path):
+    """The forward validates nothing (no host syncs); the trainer checks its first micro-batch."""
+    data = _tiny_data()
+    tokens = torch.randn(16, 3, 32)
+    tokens[:, 1] = float("nan")  # precomputed condition tokens with a NaN row
+    data.tensors.update(text=tokens, text_mask=torch.ones(16, 3, dtype=torch.bool))
+    cfg = _config(tmp_path, conditions={"text": {"name": "hashed-words", "kwargs": {"width": 32, "max_length": 8}}})
+    trainer = Trainer(cfg, data=data, device="cpu", resume=False)
+    with pytest.raises(MupdError, match=r"conditions\['text'\] contains NaN"):
+        trainer.train_step()
+    assert trainer.progress.images_seen == 0

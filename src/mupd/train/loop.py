@@ -69,6 +69,7 @@ class Trainer(StepMixin, CheckpointMixin):
         self.train_model = torch.compile(self.wrapped) if cfg.compile else self.wrapped
         self._caption_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._batches, self._batches_at = None, -1  # this rank's batch stream and where it stands
+        self._inputs_checked = False
 
     def _wrap(self, resume) -> torch.nn.Module:
         """Resume, wrap for DDP/FSDP2 and build the optimiser, in the order each needs."""

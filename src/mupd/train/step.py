@@ -108,6 +108,8 @@ class StepMixin:
         source = batch["source_latent"].to(device, non_blocking=True) if "source_latent" in batch else None
         cls = batch["align_cls"].to(device, non_blocking=True) if "cls_noise" in rnd else None
         conditions = self._conditions(batch, {m: k[rows] for m, k in rnd["keep"].items()})
+        if not self._inputs_checked:  # once: the forward itself validates nothing (no host syncs)
+            self._check_inputs(x0, source, conditions, cls)
         with autocast(device, self.autocast_dtype):
             loss, extras = flow_matching_loss(
                 self.train_model, x0, conditions, t=rnd["t"][rows].to(device), noise=rnd["noise"][rows].to(device),
@@ -122,6 +124,15 @@ class StepMixin:
                 loss_align = alignment_loss(self.projector, extras["hidden"], batch["align_patches"].to(device, non_blocking=True))
                 loss = loss + cfg.align.weight * loss_align
         return torch.stack([loss, extras["loss_v"], loss_align.detach(), extras.get("loss_cls", zero)], 1)
+
+    def _check_inputs(self, x0, source, conditions, cls) -> None:
+        """The model's own input check (shapes, modalities, NaN/inf conditions) on the first micro-batch."""
+        if hasattr(self.model, "check_inputs"):
+            channels = x0.shape[1] + (0 if source is None else source.shape[1])
+            shape = (x0.shape[0], channels, *x0.shape[2:])  # only the shape matters: no concatenated copy
+            cls_t = None if cls is None else torch.empty(cls.shape, device="meta")
+            self.model.check_inputs(torch.empty(shape, device="meta"), torch.ones(x0.shape[0]), conditions, cls=cls_t)
+        self._inputs_checked = True
 
     def _apply_gradients(self) -> torch.Tensor:
         """Reduce what the wrapper does not, clip, step AdamW and the EMAs; the norm as a device tensor."""
