@@ -47,6 +47,19 @@ def test_dtypes(dtype):
     assert v.dtype == dtype and torch.isfinite(v).all()
 
 
+def test_timestep_embedding_stays_fp32_under_bf16_autocast():
+    """bf16 would round t = 0.5 and 0.501 to the same value; the embedder computes in fp32 anyway."""
+    model = perturb_zero_init_(tiny())
+    t = torch.tensor([0.5, 0.501, 0.9])
+    reference = model.t_embedder(t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        emb = model.t_embedder(t)
+        v = model(*inputs(), conds())
+    assert emb.dtype == torch.float32 and torch.equal(emb, reference)
+    assert not torch.equal(emb[0], emb[1])
+    assert torch.isfinite(v).all()
+
+
 def test_out_channels_and_scalar_t():
     model = MuPD.from_preset("tiny", in_channels=3, out_channels=6, modalities=())
     v = model(torch.randn(2, 3, 8, 8), 0.5)

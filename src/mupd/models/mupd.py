@@ -32,8 +32,8 @@ CONFIG_FORMAT = "mupd-model"
 
 
 class PreparedConditions(dict):
-    """Conditions validated, projected and given a K/V cache once, for many forwards (a sampling
-    run). Built by :meth:`MuPD.prepare_conditions`; pass it as ``conditions`` in place of the dict.
+    """Conditions projected and given a K/V cache once, for many forwards (a sampling run). Built
+    by :meth:`MuPD.prepare_conditions`; pass it as ``conditions`` in place of the dict.
     Valid only for the weights and batch size it was built with, and only without gradients."""
 
     def __init__(self, conds: dict[str, ConditionTokens], batch_size: int):
