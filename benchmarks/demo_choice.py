@@ -6,6 +6,11 @@ requested class, and the sample grid. Writes ``benchmarks/results/demo_choice.js
 ``benchmarks/results/demo_choice/<name>/samples.png``.
 
     python benchmarks/demo_choice.py --images 16000 --only taef2-96,trained-64
+    python benchmarks/demo_choice.py --sampler-sweep RUN/checkpoint --only heun20,shift3 --eval-samples 200
+
+The second form re-samples one trained demo model (its pipeline folder) with each sampler in
+``SAMPLERS`` (no retraining) and records ``sampler:<name>`` entries; the same classifier (trained
+on the demo's training patches, 600 steps) and the same held-out patches serve every sampler.
 
 TAEF2 latents of the training patches are encoded once per image size and shared between
 configurations (the trained autoencoder is retrained each time it is used).
@@ -33,6 +38,22 @@ CONFIGS = {
     "taef2-96-bs64": {"autoencoder": "taef2", "image_size": 96, "batch_size": 64, "lr": 2e-3},
     "taef2-96-w256": {"autoencoder": "taef2", "image_size": 96, "model": {"depth": 6, "hidden_size": 256, "num_heads": 8}},
     "taef2-96-d8": {"autoencoder": "taef2", "image_size": 96, "model": {"depth": 8, "hidden_size": 128, "num_heads": 4}},
+    # equal generator CPU time as 45k images of the default (train-step cost ratios 2.58x, 1.80x, same process)
+    "taef2-96-p1w96": {"autoencoder": "taef2", "image_size": 96, "model": {"depth": 4, "hidden_size": 96, "num_heads": 4, "patch_size": 1}},
+    "taef2-96-p2w192": {"autoencoder": "taef2", "image_size": 96, "model": {"depth": 4, "hidden_size": 192, "num_heads": 6}},
+}
+
+SAMPLERS = {  # overrides of mupd.train.demo.DEMO_SAMPLER
+    "heun20": {"schedule": "linear"},
+    "shift3": {"schedule": "time_shift", "shift": 3.0},
+    "shift6": {"schedule": "time_shift", "shift": 6.0},
+    "heun40": {"steps": 40},
+    "sde40": {"method": "euler_maruyama", "steps": 40},
+    "sde40-shift3": {"method": "euler_maruyama", "steps": 40, "schedule": "time_shift", "shift": 3.0},
+    "g1.5": {"guidance": 1.5},
+    "g3": {"guidance": 3.0},
+    "g4": {"guidance": 4.0},
+    "g3-interval": {"guidance": 3.0, "guidance_interval": [0.1, 0.9]},
 }
 
 
@@ -87,6 +108,57 @@ def summarise(name: str, config: dict, metrics: dict, seconds: float) -> dict:
     }
 
 
+def sampler_sweep(checkpoint: Path, names: list[str], per_class: int, out: Path, threads: int) -> None:
+    """Re-sample one trained demo model with each sampler; recognition and FID vs held-out real."""
+    import numpy as np
+
+    from mupd.bundle import load_bundle
+    from mupd.train import demo
+    from mupd.train.demo_check import evaluate_generations, train_classifier
+    from mupd.train.preview import labelled_grid, save_png
+
+    bundle = load_bundle(checkpoint)
+    model, vae, text = bundle.model, bundle.vae, bundle.encoders["text"]
+    d = demo._prepare_data(None, 0, vae.downsample * model.config.input_size, 5.0, None, 2 * per_class)
+    classes, captions, held = d["classes"], d["captions"], d["held_pixels"]
+    y = torch.tensor([classes.index(lab) for lab in d["labels"]])
+    classifier, _ = train_classifier(d["pixels"], y, seconds=float("inf"), max_steps=600, seed=0, classes=len(classes))
+    recon = torch.from_numpy(np.concatenate([demo.reconstruct(vae, held[s:s + 50]) for s in range(0, len(held), 50)]))
+    recon = recon.permute(0, 3, 1, 2).contiguous()
+    real_labels = np.array([classes.index(r.label) for r in d["held_recs"]])
+    latent_shape = (model.config.in_channels, model.config.input_size, model.config.input_size)
+    document = json.loads(out.read_text()) if out.exists() else {"results": {}}
+    for name in names:
+        sampler = demo.demo_sampler(SAMPLERS[name])
+        t0, fakes, labels, rows = time.process_time(), [], [], []
+        for k, cls in enumerate(classes):
+            tokens, mask = text.encode([captions[str(cls)]] * 50)
+            images = np.concatenate([demo.generate(model, vae, {"text": (tokens[:n], mask[:n])}, n, latent_shape, sampler,
+                                                   seed=1000 + 97 * k + start)
+                                     for start in range(0, per_class, 50) for n in [min(50, per_class - start)]])
+            fakes.append(images)
+            labels += [k] * len(images)
+            shown = np.asarray(held[np.flatnonzero(real_labels == k)[:8]].permute(0, 2, 3, 1))
+            rows += [(f"real (held out): {captions[str(cls)]}", shown), (f"generated ({name}): {captions[str(cls)]}", images[:8]),
+                     ("", images[8:16])]
+        cpu = time.process_time() - t0
+        fake = torch.from_numpy(np.concatenate(fakes)).permute(0, 3, 1, 2).contiguous()
+        ev = evaluate_generations(classifier, real=held, real_labels=real_labels, fake=fake, fake_labels=np.array(labels), recon=recon)
+        grid = out.with_suffix("") / f"sampler-{name}" / "samples.png"
+        save_png(labelled_grid(rows, scale=2), grid)
+        pick = lambda e: {k: round(e[k], 4) for k in ("value", "low", "high")}  # noqa: E731
+        document["results"][f"sampler:{name}"] = {
+            "name": name, "model": str(checkpoint), "sampler": sampler, "n_per_class": per_class,
+            "recognised": pick(ev["class_recognition"]["generated"]),
+            "per_class": {c: round(v["value"], 3) for c, v in ev["class_recognition"]["generated_per_class"].items()},
+            "fid_generated": pick(ev["generated_vs_real"]["fid"]), "fid_reconstructions": pick(ev["autoencoder_reconstructions_vs_real"]["fid"]),
+            "classifier_real_accuracy": pick(ev["class_recognition"]["held_out_real"]),
+            "sampling_cpu_seconds": round(cpu, 1), "grid": str(grid.relative_to(out.parent)),
+            "hardware": f"shared 2-core CPU, {threads} torch thread, load average {' '.join(open('/proc/loadavg').read().split()[:3])}"}
+        print(json.dumps(document["results"][f"sampler:{name}"]), flush=True)
+        out.write_text(json.dumps(document, indent=2) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=16000, help="generator images seen per configuration")
@@ -97,8 +169,13 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--classifier-steps", type=int, default=600)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "demo_choice.json"))
+    parser.add_argument("--sampler-sweep", default=None, help="a trained demo's pipeline folder: sweep SAMPLERS on it")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.sampler_sweep:
+        names = args.only.split(",") if args.only != ",".join(CONFIGS) else list(SAMPLERS)
+        sampler_sweep(Path(args.sampler_sweep), names, args.eval_samples // 2, Path(args.out), args.threads)
+        return 0
     _share_encodings()
     _time_generator_cpu()
     from mupd.train.demo import run_demo
@@ -106,7 +183,8 @@ def main() -> int:
     out = Path(args.out)
     grids = out.with_suffix("")
     grids.mkdir(parents=True, exist_ok=True)
-    results = json.loads(out.read_text())["results"] if out.exists() else {}
+    document = json.loads(out.read_text()) if out.exists() else {}
+    results = document.setdefault("results", {})
     for name in args.only.split(","):
         config = CONFIGS[name]
         with tempfile.TemporaryDirectory() as tmp:
@@ -116,14 +194,14 @@ def main() -> int:
                            max_images=args.images, classifier_steps=args.classifier_steps, **config)
             results[name] = summarise(name, config, run["metrics"], time.perf_counter() - t0)
             results[name]["generator_cpu_ms_per_image"] = round(1000 * _cpu["train"] / max(run["metrics"]["generator"]["images_seen"], 1), 2)
-            shutil.copy(Path(tmp) / name / "samples.png", grids / f"{name}.png")
+            (grids / name).mkdir(exist_ok=True)
+            shutil.copy(Path(tmp) / name / "samples.png", grids / name / "samples.png")
         print(json.dumps(results[name]), flush=True)
-        out.write_text(json.dumps({
-            "hardware": f"2-core CPU shared with 6 other jobs (load 3-5), {args.threads} torch thread(s), "
-                        f"{platform.machine()}, torch {torch.__version__}",
-            "protocol": {"images_seen": args.images, "train_patches": args.train_patches, "eval_samples": args.eval_samples,
-                         "sampler": f"heun {args.steps} steps, guidance 2"},
-            "results": results}, indent=2) + "\n")
+        results[name]["hardware"] = (f"shared 2-core CPU, {args.threads} torch thread(s), load average "
+                                     f"{' '.join(open('/proc/loadavg').read().split()[:3])}, {platform.machine()}, torch {torch.__version__}")
+        results[name]["protocol"] = {"images_seen": args.images, "train_patches": args.train_patches,
+                                     "eval_samples": args.eval_samples, "sampler": f"heun {args.steps} steps, guidance 2"}
+        out.write_text(json.dumps(document, indent=2) + "\n")
     return 0
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 from mupd.encoders import taesd
 from mupd.encoders.taesd import find_taef2
 from mupd.errors import MupdError
-from mupd.train.demo import find_data, resolve_autoencoder, run_demo
+from mupd.train.demo import DEMO_SAMPLER, demo_sampler, find_data, resolve_autoencoder, run_demo
 
 
 @pytest.mark.parametrize("autoencoder", ["taef2", "trained"])
@@ -20,7 +20,8 @@ def test_demo_writes_samples_metrics_report_and_checkpoint(sample_data, tmp_path
         pytest.skip("TAEF2 weights not found: set MUPD_MODELS")
     out = tmp_path / "demo"
     summary = run_demo(minutes=0.1, out=out, device="cpu", image_size=32, seed=0, progress=False, eval_samples=16,
-                       sample_steps=4, autoencoder=autoencoder, train_patches=64, classifier_steps=20)
+                       sample_steps=4, autoencoder=autoencoder, train_patches=64, classifier_steps=20,
+                       sampler={"schedule": "time_shift", "shift": 2.0})
     assert summary["out"] == str(out)
     grid = Image.open(out / "samples.png")
     assert grid.width > 8 * 32 and grid.height >= 4 * 32  # 2 classes x (real row + generated row), 8 per row
@@ -37,6 +38,7 @@ def test_demo_writes_samples_metrics_report_and_checkpoint(sample_data, tmp_path
     assert set(ev["class_recognition"]["generated_per_class"]) == {"0", "1"}
     assert "FID measures" in ev["summary"] and "classifier recognises" in ev["summary"]
     assert metrics["generator"]["images_seen"] > 0
+    assert metrics["generator"]["sampler"] == {**DEMO_SAMPLER, "steps": 4, "schedule": "time_shift", "shift": 2.0}
     assert metrics["data"]["classes"] == {"0": "lymph node, normal tissue", "1": "lymph node, metastatic tumour"}
     page = (out / "report.html").read_text()
     assert "requested class recognised" in page and ev["summary"].split(":")[0] in page
@@ -70,3 +72,14 @@ def test_demo_says_what_it_needs_without_data(monkeypatch, tmp_path):
         find_data(None, 0)
     with pytest.raises(MupdError, match="is not a folder"):
         find_data(str(tmp_path / "nowhere"), 0)
+
+
+def test_demo_sampler_overrides_and_rejects_bad_options_before_loading(tmp_path):
+    assert demo_sampler() == DEMO_SAMPLER
+    assert demo_sampler({"method": "euler_maruyama"}, steps=8, guidance=3.0) == {**DEMO_SAMPLER, "method": "euler_maruyama",
+                                                                               "steps": 8, "guidance": 3.0}
+    for bad, message in [({"method": "ddim"}, "sampler method must be one of"), ({"schedule": "cosine"}, "schedule must be"),
+                         ({"schedule": "time_shift", "shift": 0}, "shift must be positive"), ({"steps": 0}, "steps must be")]:
+        with pytest.raises(MupdError, match=message):
+            run_demo(minutes=0.1, out=tmp_path / "never", sampler=bad, progress=False)
+    assert not (tmp_path / "never").exists()  # failed before writing anything

@@ -28,6 +28,7 @@ from ..errors import MupdError
 
 PCAM_CAPTIONS = {"0": "lymph node, normal tissue", "1": "lymph node, metastatic tumour"}
 DEMO_MODEL = {"depth": 4, "hidden_size": 128, "num_heads": 4}
+DEMO_SAMPLER = {"method": "heun", "steps": 20, "guidance": 2.0, "schedule": "linear", "shift": 1.0}
 DEMO_AUTOENCODER = (16, 32, 32)  # the trained fallback: 4x down, 4 latent channels
 AUTOENCODERS = ("auto", "taef2", "trained")
 
@@ -109,16 +110,18 @@ def resolve_autoencoder(choice: str) -> tuple[str, Path | None, str]:
 
 
 def run_demo(*, minutes: float = 5.0, out: str | Path = "./mupd-demo", device: str | None = None, data: str | None = None,
-             image_size: int = 96, seed: int = 0, progress: bool = True, eval_samples: int | None = None, sample_steps: int = 20,
+             image_size: int = 96, seed: int = 0, progress: bool = True, eval_samples: int | None = None, sample_steps: int | None = None,
              threads: int | None = None, autoencoder: str = "auto", model: dict | None = None, batch_size: int = 32,
-             lr: float = 1e-3, guidance: float = 2.0, train_patches: int | None = None, max_images: int | None = None,
+             lr: float = 1e-3, guidance: float | None = None, sampler: dict | None = None, train_patches: int | None = None, max_images: int | None = None,
              classifier_steps: int = 600, autoencoder_seconds: float | None = None) -> dict:
     """Run the demo; returns ``{"out": folder, "metrics": the metrics.json dict}``.
 
     ``minutes``: training budget (encoding + autoencoder + generator); the evaluation comes after.
     ``eval_samples``: generated patches for the evaluation (default 500, as many held-out real ones);
     ``max_images``: stop the generator at this many images seen (for comparisons at equal images);
-    ``autoencoder_seconds``: training time of the trained autoencoder (default a quarter of the budget)."""
+    ``autoencoder_seconds``: training time of the trained autoencoder (default a quarter of the budget);
+    ``sampler``: overrides of ``DEMO_SAMPLER`` (any ``mupd.flow.sample`` keyword: method, steps,
+    guidance, schedule, shift, guidance_interval); ``sample_steps`` / ``guidance`` override those two."""
     from ..checkpoint import write_json
     from ..settings import settings
 
@@ -127,6 +130,7 @@ def run_demo(*, minutes: float = 5.0, out: str | Path = "./mupd-demo", device: s
     if image_size % 16:
         raise MupdError(f"--image-size must be a multiple of 16 (autoencoder x patch 2), got {image_size}")
     kind, taef2_folder, ae_line = resolve_autoencoder(autoencoder)
+    sampler = demo_sampler(sampler, sample_steps, guidance)
     if progress:
         print(f"mupd demo: latent space = {ae_line}", flush=True)
     t_start = time.perf_counter()
@@ -146,7 +150,7 @@ def run_demo(*, minutes: float = 5.0, out: str | Path = "./mupd-demo", device: s
     trainer, result, cfg = _train_generator(d, vae, latents, dev, out, seed, image_size, progress, model or dict(DEMO_MODEL),
                                             batch_size, lr, max(budget - (time.perf_counter() - t_start), 0.05 * budget), max_images)
     t_eval, cpu_eval = time.perf_counter(), time.process_time()
-    evaluation = _sample_and_evaluate(d, trainer, vae, dev, out, seed, sample_steps, guidance, classifier_steps, progress)
+    evaluation = _sample_and_evaluate(d, trainer, vae, dev, out, seed, sampler, classifier_steps, progress)
     from .demo_check import plain_sentence
 
     evaluation["summary"] = plain_sentence(evaluation)
@@ -167,7 +171,7 @@ def run_demo(*, minutes: float = 5.0, out: str | Path = "./mupd-demo", device: s
                       "images_seen": result["images_seen"], "steps": result["steps"], "seconds": round(result["seconds"], 1),
                       "images_per_s": round(result["images_per_s"], 2), "loss_first_10pct": float(np.mean(losses[:k])),
                       "loss_last_10pct": float(np.mean(losses[-k:])), "loss_curve": curve,
-                      "sampler": {"method": "heun", "steps": sample_steps, "guidance": guidance}},
+                      "sampler": sampler},
         "evaluation": evaluation,
         "evaluation_seconds": round(time.perf_counter() - t_eval, 1),
         "evaluation_cpu_seconds": round(time.process_time() - cpu_eval, 1),  # all threads; load-independent
@@ -254,14 +258,12 @@ def _train_generator(d, vae, latents, dev, out, seed, image_size, progress, mode
     return trainer, trainer.fit(max_seconds=seconds), cfg
 
 
-def _sample_and_evaluate(d, trainer, vae, dev, out, seed, steps, guidance, classifier_steps, progress) -> dict:
+def _sample_and_evaluate(d, trainer, vae, dev, out, seed, sampler, classifier_steps, progress) -> dict:
     """samples.png, then the classifier check and FID/KID of generated and reconstructed patches."""
     from tqdm.auto import tqdm
 
-    from ..data.images import to_uint8
-    from .data import encode_pixels
     from .demo_check import evaluate_generations, train_classifier
-    from .preview import labelled_grid, sample_images, save_png
+    from .preview import labelled_grid, save_png
 
     classes, captions, labels = d["classes"], d["captions"], d["labels"]
     per_class = max(d["n_eval"] // len(classes), 8)
@@ -272,8 +274,8 @@ def _sample_and_evaluate(d, trainer, vae, dev, out, seed, steps, guidance, class
         chunks = []
         for start in range(0, per_class, 50):
             n = min(50, per_class - start)
-            chunks.append(sample_images(trainer.ema.module, vae, {"text": (tokens[:n], mask[:n])}, n, trainer.latent_shape,
-                                        method="heun", steps=steps, guidance=guidance, seed=seed + 1000 + 97 * k + start))
+            chunks.append(generate(trainer.ema.module, vae, {"text": (tokens[:n], mask[:n])}, n, trainer.latent_shape,
+                                   sampler, seed=seed + 1000 + 97 * k + start))
             bar.update(n)
         images = np.concatenate(chunks)
         fakes.append(images)
@@ -282,9 +284,8 @@ def _sample_and_evaluate(d, trainer, vae, dev, out, seed, steps, guidance, class
     held = d["held_pixels"]
     recon = []
     for start in range(0, len(held), 50):
-        z = encode_pixels(vae, held[start:start + 50], batch_size=50, progress=False)
-        recon.append(torch.from_numpy(to_uint8(vae.decode(z.to(dev)))))
-        bar.update(len(z))
+        recon.append(torch.from_numpy(reconstruct(vae, held[start:start + 50])))
+        bar.update(len(recon[-1]))
     bar.close()
     recon_all = torch.cat(recon).permute(0, 3, 1, 2).contiguous()
     real_labels = np.array([classes.index(r.label) for r in d["held_recs"]])
@@ -304,6 +305,51 @@ def _sample_and_evaluate(d, trainer, vae, dev, out, seed, steps, guidance, class
     evaluation["class_recognition"]["classifier"] = {"steps": c_steps, "batch_size": 64, "train_patches": len(y)}
     evaluation["held_out_reconstruction"] = _psnr_ssim(held, recon_all)
     return evaluation
+
+
+def demo_sampler(overrides: dict | None = None, steps: int | None = None, guidance: float | None = None) -> dict:
+    """``DEMO_SAMPLER`` with overrides, checked before any model loads."""
+    from ..flow.samplers import METHODS, time_grid
+
+    sampler = {**DEMO_SAMPLER, **(overrides or {})}
+    if steps is not None:
+        sampler["steps"] = steps
+    if guidance is not None:
+        sampler["guidance"] = guidance
+    if sampler["method"] not in METHODS:
+        raise MupdError(f"sampler method must be one of {', '.join(METHODS)}, got {sampler['method']!r}")
+    time_grid(int(sampler["steps"]), sampler["schedule"], float(sampler["shift"]))  # raises on a bad steps/schedule/shift
+    if "guidance_interval" in sampler:
+        sampler["guidance_interval"] = [float(v) for v in sampler["guidance_interval"]]
+    return sampler
+
+
+@torch.no_grad()
+def generate(model, vae, conditions: dict, n: int, latent_shape, sampler: dict, *, seed: int) -> np.ndarray:
+    """n decoded patches (uint8 (n, H, W, 3)) for one batch of conditions, deterministic in ``seed``."""
+    from ..data.images import to_uint8
+    from ..flow import sample
+
+    device = next(model.parameters()).device
+    noise = torch.randn((n, *latent_shape), generator=torch.Generator().manual_seed(seed)).to(device)
+    kwargs = dict(sampler)
+    if "guidance_interval" in kwargs:
+        kwargs["guidance_interval"] = tuple(kwargs["guidance_interval"])
+    was_training = model.training
+    model.eval()
+    latents = sample(model, noise, conditions, generator=torch.Generator(device=device).manual_seed(seed + 1), **kwargs)
+    model.train(was_training)
+    return to_uint8(vae.decode(latents.float()))
+
+
+@torch.no_grad()
+def reconstruct(vae, pixels: torch.Tensor) -> np.ndarray:
+    """uint8 (N, C, H, W) patches through the autoencoder and back: uint8 (N, H, W, 3)."""
+    from ..data.images import to_uint8
+    from .data import encode_pixels
+
+    z = encode_pixels(vae, pixels, batch_size=len(pixels), progress=False)
+    return to_uint8(vae.decode(z.to(vae.device)))
 
 
 def _psnr_ssim(real: torch.Tensor, recon: torch.Tensor) -> dict:
