@@ -99,7 +99,7 @@ def broadcast_object(obj, src: int = 0):
     if not (dist.is_available() and dist.is_initialized()):
         return obj
     holder = [obj]
-    dist.broadcast_object_list(holder, src=src)
+    dist.broadcast_object_list(holder, src=src, device=torch.device("cpu"))  # gloo: no GPU round trip
     return holder[0]
 
 
