@@ -201,11 +201,19 @@ def main(argv=None) -> int:
 
 PUBLISHED = {
     "note": "published her2st numbers use other protocols; listed for orientation, not as a like-for-like comparison",
-    "her2st in the literature": "ST-Net, HisToGene, Hist2ST, THItoGene, TRIPLEX evaluate leave-one-section-out "
-        "(or k-fold by patient) over 32-36 her2st sections of 8 patients, on 785 genes (Hist2ST line) or the "
-        "250 most highly expressed genes (TRIPLEX line), mean Pearson over genes per held-out section; "
-        "reported means lie roughly between 0.05 and 0.3 depending on method and gene set (quoted from "
-        "memory, not verified offline: check the papers before citing)",
+    "verified_from_public_code": {
+        "Hist2ST (github biomed-AI/Hist2ST: dataset.py, README.md)": "her2st leave-one-section-out over names[1:33] of "
+            "the sorted ST-cnts list (32 sections of 8 patients); genes from data/her_hvg_cut_1000.npy with n_genes=785 in "
+            "the README's model call; targets log(library-size-normalised counts). HisToGene's code is the base it adapts.",
+        "TRIPLEX (github NEXGEM/TRIPLEX: config/her2st/TRIPLEX.yaml, preprocess/get_geneset.py)": "her2st num_genes 250, "
+            "num_k 8 (8-fold cross-validation), 5 neighbours; its gene-set script ranks highly expressed genes by total "
+            "counts (HEG) or scanpy HVGs. Its config/GSE240429/BLEEP.yaml runs BLEEP on GSE240429 (human liver Visium).",
+        "this sample data (../shared/data/README.md)": "35 her2st sections in ST-cnts (patients A-H), 5 with an H&E "
+            "image (B4, C2-C5), 1,015 spots with both (this run loads 1,015)",
+    },
+    "not_verified": "the published mean Pearson values (roughly 0.05-0.3 over ST-Net, HisToGene, Hist2ST, THItoGene, "
+        "TRIPLEX, depending on method and gene set) are quoted from memory: the papers are not offline and neither "
+        "../shared/mupd-notes.md nor the sample-data README gives them; check the papers before citing",
     "BLEEP (Xie et al. 2023)": "evaluated on a liver Visium data set, not her2st",
 }
 

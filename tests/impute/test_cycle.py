@@ -105,7 +105,7 @@ def test_cli_train_on_generator_genes_then_cycle(mini_her2st, her2st_generator, 
     assert result["n_spots"] == 10 and result["held_out"] and result["sections"] == ["C5"]
     for part in ("per_gene", "per_spot"):
         assert {"value", "low", "high"} <= set(result[part]["mean_r"]) and {"mean", "q025", "q975", "p_value"} <= set(result[part]["null"])
-    assert set(result["vs_measured_mean_r"]) == {"first_prediction", "second_prediction"}
+    assert set(result["vs_measured_mean_r"]) == {"first_prediction", "second_prediction", "n_genes_measured"}
     assert result["generator"]["genes_given"] == result["n_genes"] == len(config["genes"])
     assert (tmp_path / "report" / "pairs.png").stat().st_size > 2000
     capsys.readouterr()

@@ -106,7 +106,7 @@ def load_bags(features: str | os.PathLike, table: str | os.PathLike | None = Non
     unmatched = {"feature files without a table row": [s for s in files if s not in {m for m, _ in matched}][:5],
                  "n_feature_files_unmatched": len(files) - len(matched),
                  "n_table_rows_unmatched": len(keys) - len(used)}
-    require(bool(matched), f"no slide of {features} matches a '{join}' of {table} (slides e.g. {list(files)[:3]}, "
+    require(bool(matched), f"no feature file or slide of {features} matches a '{join}' of {table} (slides e.g. {list(files)[:3]}, "
                            f"table ids e.g. {keys[:3]}); name files <slide_id>.h5")
     if unmatched["n_feature_files_unmatched"] or unmatched["n_table_rows_unmatched"]:
         log.warning("slide bags: %s", unmatched)
