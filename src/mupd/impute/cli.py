@@ -3,6 +3,8 @@
     mupd impute train --method aligned-ridge --sections B4 C2 C3 C4 --out runs/impute/ridge
     mupd impute predict runs/impute/ridge --sections C5 --out c5.h5ad --maps ERBB2 --report runs/impute/c5
     mupd impute evaluate --protocol her2st-loso --out loso.json
+    mupd impute cycle MODEL --generator RUN/checkpoint --sections C5 --out cycle.json   (see cycle_cli)
+    mupd impute slide-train --features FEATURES_DIR_OR_SHARDS --table bulk.csv --out runs/mil
 """
 
 from __future__ import annotations
