@@ -81,3 +81,17 @@ def test_context_model_folder_round_trip_and_protocol_run(mini_table, tmp_path):
                                  settings=settings, progress=False)
     folds = result["methods"]["finetuned-context"]["folds"]
     assert len(folds) == 2 and all(f["context"]["k"] == 3 for f in folds)
+
+
+def test_cli_trains_and_predicts_a_context_model(mini_her2st, tmp_path):
+    import anndata
+
+    from mupd.cli import main
+
+    model = tmp_path / "ctx"
+    assert main(["impute", "train", "--method", "finetuned-context", "--data", str(mini_her2st), "--sections", "B4",
+                 "--genes", "6", "--align-samples", "64", "--epochs", "1", "--context-k", "3", "--out", str(model)]) == 0
+    out = tmp_path / "c5.h5ad"
+    assert main(["impute", "predict", str(model), "--data", str(mini_her2st), "--sections", "C5", "--out", str(out)]) == 0
+    adata = anndata.read_h5ad(out)
+    assert adata.shape == (48, 6) and '"k": 3' in adata.uns["mupd_impute"]["model_json"]
