@@ -36,6 +36,7 @@ from mupd.align.data import load_pairs
 from mupd.align.evaluate import (check_disjoint, embed_all, linear_probe_accuracy, recall_at_k, ridge_gene_pearson,
                                  zero_shot_accuracy)
 from mupd.align.train import build_model, train_align
+from mupd.errors import MupdError
 
 
 @torch.no_grad()
@@ -156,10 +157,20 @@ def slide_her2st(scale: float, workdir: Path) -> dict:
     t0 = time.time()
     model = train_slide(config, workdir / "mstar", train, encoder=encoder, progress=False)
     stage1 = {"train_seconds": round(time.time() - t0, 1), **evaluate_slides(model, train, test)}
+    # Stage 2 as first written (plain cosine to the aggregator's ReLU tile features): the guard is expected to stop it.
+    uncentred = preset("mstar-distill", total_samples=int(1536 * scale), stage1=str(workdir / "mstar"),
+                       distill_centre=False, **sections)
+    try:
+        distill_slide(uncentred, workdir / "distill-uncentred", train, progress=False)
+        guard = "completed without a collapse"
+    except MupdError as exc:
+        guard = str(exc)
     distill = preset("mstar-distill", total_samples=int(1536 * scale), stage1=str(workdir / "mstar"), **sections)
     t0 = time.time()
     distiller = distill_slide(distill, workdir / "distill", train, progress=False)
-    stage2 = {"train_seconds": round(time.time() - t0, 1),
+    history = json.loads((workdir / "distill" / "trainer_state.json").read_text())["history"]
+    stage2 = {"train_seconds": round(time.time() - t0, 1), "uncentred_distillation": guard,
+              "student_health_first_last": [history[0]["health"], history[-1]["health"]],
               **evaluate_distilled(load_tile_encoder(workdir / "mstar", config), distiller.student, train, test)}
     return {"preset": config.to_dict(), "stage1": stage1, "stage2": stage2,
             "data": "her2st pseudo-slides (random contiguous 16-spot regions; bulk = summed counts; report templated "

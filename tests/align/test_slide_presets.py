@@ -123,5 +123,7 @@ def test_her2st_tri_modal_stage1_then_stage2_distillation(sample_data, tmp_path,
     for (name, a), b in zip(model.state_dict().items(), reloaded.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
     capsys.readouterr()
+    assert main(["align", "evaluate", str(stage1)]) == 0  # rebuilt from the folder alone: same held-out numbers
+    assert json.loads(capsys.readouterr().out)["slide->rna"] == metrics["slide->rna"]
     assert main(["align", "train", "mstar-distill", "--out", str(tmp_path / "x"), "--set", f"stage1={tmp_path}"]) == 2
     assert "stage1" in capsys.readouterr().err

@@ -122,6 +122,8 @@ def run_evaluate(args) -> int:
     from .evaluate import evaluate_pairs
     from .model import AlignModel, load_vocabulary
 
+    if read_json(Path(args.path) / "config.json").get("format") == "mupd-align-slide":
+        return _evaluate_slide(args.path)
     model = AlignModel.from_pretrained(args.path).eval()
     saved = read_json(f"{args.path}/config.json").get("align_config", {})
     config = replace(AlignConfig(), **saved)
@@ -129,4 +131,19 @@ def run_evaluate(args) -> int:
     train = load_pairs(config, "train", vocabulary=vocabulary)
     metrics = evaluate_pairs(model, train, load_pairs(config, "test", vocabulary=vocabulary or train.vocabulary))
     print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _evaluate_slide(path) -> int:
+    """A stage-1 slide folder: rebuild its bags with the saved vocabulary, report rule and tile encoder."""
+    from .model import load_vocabulary
+    from .slide_data import load_slides, tile_encoder
+    from .slide_eval import evaluate_slides
+    from .slide_train import load_slide_model, load_tile_encoder
+
+    model, config, saved = load_slide_model(path)
+    encoder = load_tile_encoder(path, config) if config.tile_encoder == "cnn" else tile_encoder(config)
+    kwargs = {"vocabulary": load_vocabulary(path), "report_rule": saved["report_rule"], "encoder": encoder}
+    train, test = load_slides(config, "train", **kwargs), load_slides(config, "test", **kwargs)
+    print(json.dumps(evaluate_slides(model, train, test), indent=2))
     return 0

@@ -59,6 +59,7 @@ class AlignConfig:
     batch_within_section: bool = True  # each batch from one section (negatives are other regions of it)
     temperature: float = 0.07  # initial InfoNCE temperature (learned)
     ema_decay: float = 0.99  # distill: EMA of the teacher patch encoder
+    distill_centre: bool = True  # distill: cosine on batch-centred vectors (uncentred collapses on her2st, see slide.py)
     # collapse guard: per-check embedding std (x sqrt(dim), ~1 when spread, 0 when collapsed) and
     # effective rank (exp entropy of normalised singular values); patience = consecutive bad checks
     collapse_min_std: float = 0.05

@@ -5,8 +5,9 @@ into a slide embedding, aligned by symmetric InfoNCE with the slide's RNA and/or
 
 Stage 2 (mSTAR "self-taught"): the trained aggregator is frozen; it re-embeds the patch features of
 an EMA teacher copy of the patch encoder into context-aware per-patch targets, and the (student)
-patch encoder learns, through a small projector, to reproduce them (1 - cosine). The aggregator's
-slide-level multimodal knowledge thus flows back into the patch encoder.
+patch encoder learns, through a small projector, to reproduce them (1 - cosine, on batch-centred
+vectors by default so a constant student output cannot score). The aggregator's slide-level
+multimodal knowledge thus flows back into the patch encoder.
 """
 
 from __future__ import annotations
@@ -75,8 +76,9 @@ def patch_features(encoder: nn.Module, patches: torch.Tensor) -> torch.Tensor:
 class SelfTaughtDistiller(nn.Module):
     """mSTAR stage 2. ``student`` is the patch encoder being trained; ``aggregator`` is frozen."""
 
-    def __init__(self, student: nn.Module, aggregator: nn.Module, ema_decay: float = 0.99):
+    def __init__(self, student: nn.Module, aggregator: nn.Module, ema_decay: float = 0.99, centre: bool = True):
         super().__init__()
+        self.centre = centre
         self.student = student
         self.teacher = copy.deepcopy(student).eval().requires_grad_(False)
         self.aggregator = aggregator.eval().requires_grad_(False)
@@ -94,6 +96,13 @@ class SelfTaughtDistiller(nn.Module):
         with torch.no_grad():
             targets = self.aggregator.token_features(patch_features(self.teacher, patches), mask)
         student = self.projector(patch_features(self.student, patches))
+        if self.centre:
+            # Targets are ReLU features with a large shared component: the plain cosine is nearly met by a
+            # student that outputs that component for every tile (a collapse, which the EMA teacher then
+            # follows). Centred over the batch's real tiles, a constant output scores 0.
+            real = torch.ones(targets.shape[:2], dtype=torch.bool, device=targets.device) if mask is None else mask.bool()
+            targets = targets - targets[real].mean(0)
+            student = student - student[real].mean(0)
         return cosine_distillation_loss(student, targets, mask)
 
     @torch.no_grad()

@@ -175,7 +175,7 @@ def distill_slide(config: AlignConfig, out, data: SlideData, *, progress: bool =
     stage1, config1, _ = load_slide_model(config.stage1)
     student = load_tile_encoder(config.stage1, config1).requires_grad_(True).train()
     torch.manual_seed(config.seed)
-    distiller = SelfTaughtDistiller(student, _FrozenTargets(stage1), ema_decay=config.ema_decay)
+    distiller = SelfTaughtDistiller(student, _FrozenTargets(stage1), ema_decay=config.ema_decay, centre=config.distill_centre)
     optimizer = torch.optim.AdamW(distiller.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay)
     guard, history, samples, step = _guard(config), [], 0, 0
     bar = tqdm(total=config.total_samples, unit="bag", disable=not progress, desc=f"distill {config.name}")
