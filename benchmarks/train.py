@@ -66,7 +66,7 @@ def write_synthetic_shards(out: Path, n: int, shard_size: int = 2048, seed: int 
 def _config(out: Path, preset: str, batch: int, **extra) -> dict:
     return {"output": str(out), "model": {"preset": preset}, "batch": {"global_size": batch, "per_device": batch},
             "total_images": 10**9, "precision": "fp32", "progress": False, "ema": {"decay": 0.999}, "conditions": TEXT,
-            "data": {"source": "shards", "path": "", "captions": {"0": CAPTIONS[0], "1": CAPTIONS[1]}}, **extra}
+            "data": {"source": "shards", "path": "", "captions": {"0": CAPTIONS[0], "1": CAPTIONS[1]}, "augment": True}, **extra}
 
 
 def _rate(step, seconds: float, batch: int) -> float:

@@ -24,7 +24,9 @@ Schema (YAML; every key optional, defaults shown by ``mupd train --preset tiny -
       limit: null              # use only the first N samples (quick runs)
       captions: {"0": "lymph node, normal tissue", "1": "lymph node, metastatic tumour"}
       workers: 0               # DataLoader worker processes reading shards (try 4-8 per GPU)
-      augment: true            # dihedral flips/rotations, seeded by (seed, stream position)
+      augment: false           # dihedral flips/rotations per (seed, stream position), applied to the
+                               #   latent, source_latent and alignment grid alike; worth turning on
+                               #   for real runs (tissue has no orientation)
     conditions:                # modality -> frozen condition encoder from mupd.encoders.registry
       text: {name: hashed-words, kwargs: {width: 64}, path: null, field: caption}
       # rna: {name: pathway-tokens, kwargs: {width: 64, pathways: genesets/combine_signatures.csv}}
@@ -104,7 +106,7 @@ class DataSection:
     limit: int | None = None
     captions: dict = field(default_factory=dict)
     workers: int = 0  # DataLoader processes reading shards (0 = in the training process)
-    augment: bool = True  # a random flip/90-degree rotation per sample, latents and paired maps alike
+    augment: bool = False  # a random flip/90-degree rotation per (seed, position), latents and paired maps alike
 
 
 @dataclass
