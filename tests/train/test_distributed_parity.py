@@ -71,7 +71,8 @@ def _assert_parity(specs: dict, name: str) -> None:
     a, b = _weights(one), _weights(two)
     assert a.keys() == b.keys() and len(a) > 10
     for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {key} differs between 1 and 2 processes: {m}")
+        # AdamW turns float-order noise on near-zero gradients into up to ~2% of one step (lr 1e-3)
+        torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=5e-5, msg=lambda m: f"{name}: {key} differs between 1 and 2 processes: {m}")
     log1, log2 = read_metrics(Path(one)), read_metrics(Path(two))
     assert [r["images"] for r in log1] == [r["images"] for r in log2] and len(log1) >= 2
     for key in ("loss", "loss_v", "loss_align", "loss_cls", "grad_norm"):
