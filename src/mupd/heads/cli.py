@@ -13,6 +13,9 @@ def register(subparsers) -> None:
     sub = heads.add_subparsers(dest="heads_command", metavar="SUBCOMMAND")
     p = sub.add_parser("train", help="cross-validate a head and write OUT/metrics.json, predictions.csv, report.html",
                        description="Fit a head on frozen inputs with k-fold CV split by patient and write a report. "
+                                   "Each fitted head is saved under OUT/folds/ as it finishes; running the same command "
+                                   "again skips the finished folds (resume), and `mupd heads evaluate OUT --cohort TABLE` "
+                                   "applies them to new patients. "
                                    "Example: mupd heads train --cohort kirc --features genes --head mlp --loss nll --out runs/kirc")
     p.add_argument("--task", choices=TASKS, default="survival")
     p.add_argument("--cohort", default=None, help="TCGA cohort name from the sample data (blca, brca, kirc, ...) or a "
