@@ -32,10 +32,12 @@ def test_one_gpu_bf16_compiled_step_makes_no_host_sync(run_config, tmp_path, tin
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs two GPUs (one process per GPU)")
 def test_two_gpus_nccl_ddp_and_fsdp2(run_config, tmp_path, tiny_vit_dir):
-    scenarios = {"ddp": {"parallel": "ddp", **align_overrides(tiny_vit_dir)}, "fsdp": {"parallel": "fsdp", **align_overrides(tiny_vit_dir)}}
+    scenarios = {"ddp": {"parallel": "ddp", "compile": True, **align_overrides(tiny_vit_dir)},  # compile(DDP(model))
+                 "fsdp": {"parallel": "fsdp", **align_overrides(tiny_vit_dir)}}
     specs = _run_both(run_config, tmp_path, scenarios, device="cuda", overrides=GPU)
     for name in scenarios:
         for f in _facts(specs[2], name):
             assert f["device"] == "cuda" and f["syncs"] == [] and set(f["all_reduce_devices"]) == {"cuda"}, f
+            assert f["find_unused"] in (False, None), f
             if name == "fsdp":
                 assert f["reduce_scatters"] == f["sharded_units"] and f["ema_local_numel"] < 0.6 * f["ema_full_numel"] and f["t_exact"], f
