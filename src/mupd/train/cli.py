@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -131,6 +132,8 @@ def run_train(args: argparse.Namespace) -> int:
     resume = False if args.no_resume else (True if args.resume == "auto-required" else args.resume)
     max_seconds = None if args.max_minutes is None else 60.0 * args.max_minutes
     result = train(cfg, device=args.device, resume=resume, max_seconds=max_seconds)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun one summary, from rank 0
+        return 0
     print(f"mupd train: {result['images_seen']} images in {result['seconds']:.0f} s "
           f"({result['images_per_s']:.1f} img/s); checkpoint: {result['checkpoint']}", flush=True)
     return 0
