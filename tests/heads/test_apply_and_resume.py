@@ -55,8 +55,10 @@ def test_fitted_head_on_held_out_patients_matches_cv(run, sample_data, tmp_path,
     assert (out / "km.png").exists() and (out / "report.html").exists()
     # all folds' heads, averaged: runs and scores every row
     assert main(["heads", "evaluate", str(run), "--cohort", str(held), "--out", str(tmp_path / "ensemble"), "--no-report"]) == 0
-    applied = json.loads((tmp_path / "ensemble" / "metrics.json").read_text())["config"]["applied_heads"]
-    assert applied == ["fold0-seed0", "fold1-seed0", "fold2-seed0"]
+    applied = json.loads((tmp_path / "ensemble" / "metrics.json").read_text())["config"]
+    assert applied["applied_heads"] == ["fold0-seed0", "fold1-seed0", "fold2-seed0"]
+    assert applied["patients_seen_in_training"] == len(rows)  # folds 0 and 2 were fitted on these patients
+    assert json.loads((out / "metrics.json").read_text())["config"]["patients_seen_in_training"] == 0
 
 
 def test_other_genes_are_refused_in_one_line(run, sample_data, tmp_path, capsys):

@@ -34,6 +34,19 @@ def fold_folders(run: Path, fold: int | None, seed: int | None) -> list[Path]:
     return pick
 
 
+def seen_in_training(run: Path, folders, case_ids) -> int:
+    """How many of ``case_ids`` some applied head was fitted on (its training rows = the run's patients
+    outside that fold's test rows)."""
+    import pandas as pd
+
+    pred = pd.read_csv(run / "predictions.csv", dtype={"case_id": str}, usecols=["case_id", "fold"])
+    everyone, seen = set(pred["case_id"]), set()
+    for folder in folders:
+        fold = int(folder.name.split("-")[0][4:])
+        seen |= everyone - set(pred.loc[pred["fold"] == fold, "case_id"])
+    return len(seen & set(map(str, case_ids)))
+
+
 def check_same_inputs(table: str, names: list[str], saved: list[str], features: str) -> None:
     """One-line refusal when the new inputs are not the columns the head was fitted on."""
     if names == saved:
@@ -158,8 +171,15 @@ def evaluate_new(run, cohort: str, out, *, fold: int | None = None, seed: int | 
     x, names = feature_matrix(data, meta["features"], meta.get("genesets"))
     check_same_inputs(str(cohort), list(names), meta["feature_names"], meta["features"])
     outputs = _outputs(folders, x)
+    seen = seen_in_training(run, folders, data.case_ids)
     info = {"applied_heads": [f.name for f in folders], "source_run": str(run), "cohort": str(cohort),
-            "ensemble": "mean of the heads' outputs" if len(folders) > 1 else "one head"}
+            "ensemble": "mean of the heads' outputs" if len(folders) > 1 else "one head", "patients_seen_in_training": seen}
+    if seen:
+        import logging
+
+        logging.getLogger("mupd.heads").warning(
+            "%d of these patients were in the training rows of an applied head: their metrics are optimistic "
+            "(for the training cohort's own patients use --fold of the fold that held them out)", seen)
     if summary["task"] == "survival":
         pred = _survival_frame(data, outputs)
         metrics = _survival_metrics(pred)
@@ -186,7 +206,8 @@ def evaluate_new(run, cohort: str, out, *, fold: int | None = None, seed: int | 
     write_json(out / "metrics.json", new)
     if report:
         if summary["task"] == "survival":
-            images = [("Kaplan-Meier: predicted high vs low risk (training-fold thresholds)", rep.km_plot(pred, out / "km.png", new["title"]))]
+            images = [("Kaplan-Meier: predicted high vs low risk (training-fold thresholds)", rep.km_plot(pred, out / "km.png", f"{summary['config'].get('features')} -> {summary['config'].get('head')}, applied to "
+                                                f"{Path(str(cohort)).name}"[:70]))]
         else:
             images = [("ROC curves", rep.roc_plot(pred, summary["classes"], out / "roc.png")),
                       ("confusion matrix", rep.confusion_plot(metrics["confusion_matrix"], summary["classes"], out / "confusion.png"))]

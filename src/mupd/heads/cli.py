@@ -99,6 +99,8 @@ def run_train(args: argparse.Namespace) -> int:
                                          folds=args.folds, seeds=seeds, min_count=args.min_count,
                                          genesets=args.genesets, report=not args.no_report)
     print(f"{summary['title']}: {headline(summary)}")
+    if summary.get("resumed_fits"):
+        print(f"reused {summary['resumed_fits']} finished fit(s) from {args.out}/folds (same config and data)")
     print(f"wrote {args.out}/metrics.json" + ("" if args.no_report else f" and {args.out}/report.html"))
     return 0
 

@@ -52,7 +52,7 @@ class Cohort:
 def resolve_cohort(cohort: str | os.PathLike) -> Path:
     """A table path, or a TCGA cohort name (``blca``) looked up in the sample data's ``tcga/``."""
     path = Path(cohort)
-    if path.suffix in (".csv", ".gz") or path.exists():
+    if path.suffix in (".csv", ".gz") or path.is_file():  # a folder named like a cohort (e.g. an --out) is not a table
         require(path.exists(), f"cohort table {path} does not exist")
         return path
     from ..settings import sample_data_dir
