@@ -93,3 +93,18 @@ def test_rerun_skips_finished_folds(run, tmp_path):
     # another config (more epochs) never reuses those folds
     assert main(ARGS[:-3] + ["--epochs", "5", "--no-report", "--out", str(again)]) == 0
     assert json.loads((again / "metrics.json").read_text())["resumed_fits"] == 0
+
+
+def test_lifelines_cox_head_is_saved_as_its_linear_map(sample_data, tmp_path):
+    """lifelines' CoxPHFitter (pathway scores) applied from disk gives lifelines' own risks back."""
+    run = tmp_path / "cox"
+    assert main(["heads", "train", "--cohort", "kirp", "--features", "pathways", "--head", "lifelines-cox", "--folds", "3",
+                 "--no-report", "--out", str(run)]) == 0
+    cv = pd.read_csv(run / "predictions.csv", dtype={"case_id": str})
+    rows = cv[cv["fold"] == 2].set_index("case_id")
+    held = _write_rows(sample_data, rows.index, tmp_path / "held.csv.gz")
+    assert main(["heads", "evaluate", str(run), "--cohort", str(held), "--fold", "2", "--out", str(tmp_path / "a"),
+                 "--no-report"]) == 0
+    new = pd.read_csv(tmp_path / "a" / "predictions.csv", dtype={"case_id": str}).set_index("case_id").loc[rows.index]
+    np.testing.assert_allclose(new["risk"], rows["risk"], rtol=1e-4, atol=1e-4)  # float32 head vs lifelines' float64
+    assert json.loads((run / "folds" / "fold2-seed0" / "head.json").read_text())["fitted_by"] == "lifelines-cox"

@@ -48,7 +48,24 @@ def _lifelines_cox(x_train, time, event, x_test, penalizer: float):
     except ConvergenceError as exc:
         raise MupdError(f"lifelines CoxPHFitter did not converge ({str(exc).splitlines()[0][:80]}); "
                         f"raise --penalizer (now {penalizer})") from None
-    return (np.asarray(model.predict_log_partial_hazard(pd.DataFrame(x, columns=cols))).ravel() for x in (x_train, x_test))
+    risks = [np.asarray(model.predict_log_partial_hazard(pd.DataFrame(x, columns=cols))).ravel() for x in (x_train, x_test)]
+    # lifelines' log partial hazard is (x - training mean) @ beta: the same map as a linear head, which is
+    # what gets saved (zero weight on the columns dropped as constant).
+    beta = np.zeros(len(varying))
+    beta[varying] = model.params_.to_numpy()
+    return risks[0], risks[1], beta, -float(model._norm_mean.to_numpy() @ model.params_.to_numpy())
+
+
+def _as_linear_head(beta: np.ndarray, bias: float):
+    import torch
+
+    from .models import LinearHead
+
+    head = LinearHead(len(beta), 1)
+    with torch.no_grad():
+        head.net[1].weight.copy_(torch.as_tensor(beta, dtype=torch.float32)[None])
+        head.net[1].bias.fill_(bias)
+    return head.eval()
 
 
 def _survival_fold(x, mask, time, event, fold: Fold, spec: HeadSpec, seed: int):
@@ -65,8 +82,8 @@ def _survival_fold(x, mask, time, event, fold: Fold, spec: HeadSpec, seed: int):
     scale = Standardiser(x[tr]) if spec.head in TABULAR_SCALED else None
     xtr, xte = (scale(x[tr]), scale(x[te])) if scale else (x[tr], x[te])
     if spec.head == "lifelines-cox":
-        risk_tr, risk_te = _lifelines_cox(xtr, time[tr], event[tr], xte, spec.penalizer)
-        return risk_tr, risk_te, None, None, None, scale
+        risk_tr, risk_te, beta, bias = _lifelines_cox(xtr, time[tr], event[tr], xte, spec.penalizer)
+        return risk_tr, risk_te, None, None, _as_linear_head(beta, bias), scale
     edges = time_bins(time[tr], event[tr], spec.bins) if spec.loss == "nll" else None
     out_dim = len(edges) + 1 if spec.loss == "nll" else 1
     torch.manual_seed(seed)
@@ -86,8 +103,10 @@ def _survival_fold(x, mask, time, event, fold: Fold, spec: HeadSpec, seed: int):
 
 
 def head_meta(spec: HeadSpec, in_dim: int, out_dim: int, **extra) -> dict:
-    """What ``saved.load_fitted`` needs to rebuild a fitted head."""
-    return {"head": spec.head, "loss": spec.loss, "in_dim": int(in_dim), "out_dim": int(out_dim), "hidden": spec.hidden,
+    """What ``saved.load_fitted`` needs to rebuild a fitted head (a lifelines Cox model is saved as the
+    linear head it equals)."""
+    cox = spec.head == "lifelines-cox"  # a log-risk output whatever --loss says
+    return {"head": "linear" if cox else spec.head, "fitted_by": spec.head, "loss": "cox" if cox else spec.loss, "in_dim": int(in_dim), "out_dim": int(out_dim), "hidden": spec.hidden,
             "dropout": spec.dropout, "genes": spec.genes, "pathways": spec.pathways, **extra}
 
 

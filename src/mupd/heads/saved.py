@@ -7,7 +7,7 @@ as ``scale.mean`` / ``scale.std``), ``head.json`` (what rebuilds the head: archi
 names, bin edges, the training-median risk threshold, classes; and ``key``, a digest of the run's
 config and this fold's rows) and ``predictions.csv`` (its out-of-fold rows). Written atomically; a
 folder whose ``key`` differs from the current run's is refitted, never reused.
-lifelines-cox folds keep their predictions (resume) but no weights.
+A lifelines-cox fold is saved as the linear head its coefficients define ((x - mean) @ beta).
 """
 
 from __future__ import annotations
@@ -87,8 +87,7 @@ def load_fitted(folder: str | os.PathLike):
     require((folder / "head.json").is_file(), f"{folder} holds no fitted head (no head.json); run `mupd heads train` first")
     meta = read_json(folder / "head.json")
     require(meta.get("format") == FORMAT, f"{folder / 'head.json'} is not a mupd fitted head (format != {FORMAT!r})")
-    require(meta.get("has_weights", False), f"{folder}: {meta.get('head')} heads keep no weights (lifelines-cox); "
-            "refit, or train with --head linear --loss cox to get a reusable Cox head")
+    require(meta.get("has_weights", False), f"{folder} keeps no weights (written by an older mupd); rerun `mupd heads train`")
     tensors = load_tensors(folder / "head.safetensors")
     model = build_head(meta["head"], meta["in_dim"], meta["out_dim"], hidden=meta["hidden"], dropout=meta["dropout"],
                        genes=meta.get("genes"), pathways=meta.get("pathways"))
