@@ -163,8 +163,8 @@ class StepMixin:
                     raise MupdError(f"conditions.{modality}.field={spec.field!r} is not in the training data (fields: {sorted(batch)})")
                 with torch.set_grad_enabled(modality in self.encoder_ema):  # learned token embeddings
                     tokens, mask = enc.encode(batch[spec.field].to(self.device, non_blocking=True))
-            mask = mask.to(self.device) & keep[modality].to(self.device).unsqueeze(1)
-            conditions[modality] = (tokens.to(self.device), mask)
+            mask = mask.to(self.device, non_blocking=True) & keep[modality].to(self.device).unsqueeze(1)
+            conditions[modality] = (tokens.to(self.device, non_blocking=True), mask)
         return conditions
 
     def _encode_captions(self, enc, captions: list[str]):
