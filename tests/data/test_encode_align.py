@@ -59,3 +59,16 @@ def test_trainer_streams_shards_with_alignment_targets(encoded, tmp_path):
     assert isinstance(trainer.data, ShardStream) and trainer.model.config.cls_dim == 24
     result = trainer.fit()
     assert result["images_seen"] == 16 and all(torch.isfinite(torch.tensor(result["losses"])))
+
+
+def test_cli_writes_the_same_targets(encoded, sample_data, tmp_path):
+    from mupd.cli import main
+
+    assert main(["data", "encode", str(sample_data / "pcam" / "valid"), "--vae", str(encoded / "vae"), "--out", str(tmp_path / "s"),
+                 "--size", "32", "--limit", "5", "--shard-size", "6", "--no-progress", "--align-encoder", "timm",
+                 "--encoder-arg", f"align.path={encoded / 'vit'}"]) == 0
+    ours, theirs = ShardReader(tmp_path / "s"), ShardReader(encoded / "shards")
+    assert ours.header("shard-00000")[0]["align_patches"] == theirs.header("shard-00000")[0]["align_patches"]
+    assert read_index(tmp_path / "s")["align_cls_stats"] == read_index(encoded / "shards")["align_cls_stats"]
+    assert main(["data", "encode", str(sample_data / "pcam" / "valid"), "--vae", str(encoded / "vae"), "--out", str(tmp_path / "x"),
+                 "--align-encoder", "no-such-encoder"]) == 2  # refused before anything loads

@@ -58,8 +58,10 @@ def register(subparsers) -> None:
     enc.add_argument("--source-vae", default=None, help="autoencoder of the source domain (paired data; default --vae)")
     enc.add_argument("--text-encoder", default=None, help="registered text encoder name (captions -> tokens)")
     enc.add_argument("--image-encoder", default=None, help="registered image encoder name (patch -> tokens)")
+    enc.add_argument("--align-encoder", default=None,
+                     help="registered image encoder whose patch tokens become alignment targets (align_patches/align_cls, float16)")
     enc.add_argument("--encoder-arg", action="append", default=[], metavar="MODALITY.KEY=VALUE",
-                     help="keyword for an encoder factory, e.g. text.width=64 (repeatable)")
+                     help="keyword for an encoder factory, e.g. text.width=64 or align.path=models/uni (repeatable)")
     enc.add_argument("--vocabulary", default=None, help="gene vocabulary JSON: expression -> rna_values")
     enc.add_argument("--shard-size", type=int, default=256)
     enc.add_argument("--size", type=int, default=None, help="resize images to this side before encoding")
@@ -244,9 +246,9 @@ def _check_encode_args(args) -> None:
     for item in args.encoder_arg:
         key, sep, _ = item.partition("=")
         modality, dot, _ = key.partition(".")
-        if not (sep and dot) or modality not in ("text", "image", "rna"):
-            raise MupdError(f"--encoder-arg {item!r} must look like MODALITY.KEY=VALUE with MODALITY text, image or rna")
-    names = [(m, n) for m, n in (("text", args.text_encoder), ("image", args.image_encoder)) if n]
+        if not (sep and dot) or modality not in ("text", "image", "rna", "align"):
+            raise MupdError(f"--encoder-arg {item!r} must look like MODALITY.KEY=VALUE with MODALITY text, image, rna or align")
+    names = [(m, n) for m, n in (("text", args.text_encoder), ("image", args.image_encoder), ("image", args.align_encoder)) if n]
     if names:
         from ..encoders import registry
 
@@ -269,7 +271,7 @@ def run_encode(args) -> int:
         kwargs.setdefault(modality, {})[name] = value
     job = EncodeJob(args.source, args.vae, args.out, shard_size=args.shard_size, size=args.size, batch_size=args.batch_size,
                     source_vae=args.source_vae, text_encoder=args.text_encoder, image_encoder=args.image_encoder,
-                    encoder_kwargs=kwargs, vocabulary=args.vocabulary, caption_template=args.caption_template,
+                    align_encoder=args.align_encoder, encoder_kwargs=kwargs, vocabulary=args.vocabulary, caption_template=args.caption_template,
                     captions=args.captions, limit=args.limit, on_error="skip" if args.skip_bad else "raise")
     out = encode_dataset(job, progress=not args.no_progress)
     if (out / "index.json").exists():
