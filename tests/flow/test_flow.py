@@ -320,6 +320,19 @@ def test_cls_model_sample_repeats_alone():
     assert not torch.allclose(other, alone, atol=1e-4)  # and the CLS token does matter
 
 
+def test_sample_and_readout_check_inputs_at_the_edge():
+    """The forward validates nothing; sample() and readout() check once, before any step."""
+    model = guided_model()
+    x, _, c = guided_inputs()
+    bad = {**c, "rna": torch.full((3, 6), float("nan"))}
+    with pytest.raises(MupdError, match=r"conditions\['rna'\] contains NaN"):
+        sample(model, x, bad, method="euler", steps=2)
+    with pytest.raises(MupdError, match=r"conditions\['rna'\] contains NaN"):
+        readout(model, bad, None, x.shape)
+    with pytest.raises(MupdError, match="channels"):
+        sample(model, x, c, steps=1, extra_input=torch.zeros(3, 4, 8, 8))  # no extra input channels
+
+
 def test_sampler_takes_per_modality_scales():
     """``sample(..., scales={"rna": s})``: lambda_m of the decoupled attention; 0 = stream off."""
     model = perturb_zero_init_(MuPD.from_preset("tiny", modalities=("text", "rna"), cond_dims={"text": 8, "rna": 8}), std=0.2).eval()
