@@ -68,3 +68,16 @@ def test_cli_dry_run_prints_resolved_yaml(tmp_path):
     assert resolved.optim.lr == 5e-4 and resolved.model.preset == "B/2" and resolved.output == "runs/x"
     bad = subprocess.run([sys.executable, "-m", "mupd", "train", str(path), "--optim.nope", "1", "--dry-run"], capture_output=True, text=True)
     assert bad.returncode == 2 and "optim" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_shard_urls_pass_the_path_check_when_fsspec_knows_the_protocol(tmp_path):
+    from mupd.train.cli import check_config_paths
+
+    cfg = TrainConfig.from_dict({"preset": "tiny", "data": {"source": "shards", "path": "memory://bucket/shards"}})
+    check_config_paths(cfg)  # no local existence check for object storage
+    bad = TrainConfig.from_dict({"preset": "tiny", "data": {"source": "shards", "path": "nosuchfs://bucket/shards"}})
+    with pytest.raises(MupdError, match=r"data.path: nosuchfs://bucket/shards: no file system for 'nosuchfs://'"):
+        check_config_paths(bad)
+    local = TrainConfig.from_dict({"preset": "tiny", "data": {"source": "shards", "path": str(tmp_path / "missing")}})
+    with pytest.raises(MupdError, match="does not exist"):
+        check_config_paths(local)

@@ -116,9 +116,25 @@ def check_config_paths(cfg) -> None:
         text = "" if value is None else str(value)
         if not text or text.startswith(("hub:", "hf-hub:")) or (key.startswith("vae.") and text == "taef2"):
             continue
+        if key == "data.path" and "://" in text and not text.startswith("file://"):
+            _check_url(key, text)  # object storage: its backend must be installed; reachability shows at read time
+            continue
         if not Path(text).exists():
             hint = " (create it with `mupd vae train --data FOLDER --out DIR`, or use taef2)" if key.startswith("vae.") else ""
             raise MupdError(f"{key}: {text} does not exist{hint}; fix the config or pass --set {key}=PATH")
+
+
+def _check_url(key: str, url: str) -> None:
+    from ..errors import MupdError
+
+    protocol = url.split("://", 1)[0]
+    try:
+        import fsspec
+
+        fsspec.get_filesystem_class(protocol)
+    except (ImportError, ValueError) as exc:
+        raise MupdError(f"{key}: {url}: no file system for '{protocol}://' ({exc}); install its fsspec backend "
+                        f"(s3fs for s3://, gcsfs for gs://) or copy the shards to a local folder") from None
 
 
 def run_train(args: argparse.Namespace) -> int:
