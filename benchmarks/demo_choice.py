@@ -9,7 +9,7 @@ requested class, and the sample grid. Writes ``benchmarks/results/demo_choice.js
     python benchmarks/demo_choice.py --sampler-sweep RUN/checkpoint --only heun20,shift3 --eval-samples 200
 
 The second form re-samples one trained demo model (its pipeline folder) with each sampler in
-``SAMPLERS`` (no retraining) and records ``sampler:<name>`` entries; the same classifier (trained
+``SAMPLERS`` (no retraining) and records ``<run folder>+<sampler>`` entries; the same classifier (trained
 on the demo's training patches, 600 steps) and the same held-out patches serve every sampler.
 
 TAEF2 latents of the training patches are encoded once per image size and shared between
@@ -54,6 +54,7 @@ SAMPLERS = {  # overrides of mupd.train.demo.DEMO_SAMPLER
     "g3": {"guidance": 3.0},
     "g4": {"guidance": 4.0},
     "g3-interval": {"guidance": 3.0, "guidance_interval": [0.1, 0.9]},
+    "sde40-g3": {"method": "euler_maruyama", "steps": 40, "guidance": 3.0},
 }
 
 
@@ -108,54 +109,100 @@ def summarise(name: str, config: dict, metrics: dict, seconds: float) -> dict:
     }
 
 
-def sampler_sweep(checkpoint: Path, names: list[str], per_class: int, out: Path, threads: int) -> None:
+def judge(d: dict, vae, cache: Path | None):
+    """(class-check classifier, held-out reconstructions), from ``cache`` when it holds them for these
+    held-out patches (every model of a sweep is then judged by the same classifier)."""
+    import numpy as np
+
+    from mupd.train import demo
+    from mupd.train.demo_check import PatchClassifier, train_classifier
+
+    held, classes = d["held_pixels"], d["classes"]
+    if cache is not None and cache.exists():
+        saved = torch.load(cache, weights_only=True)
+        if saved["held_sum"] == int(held.sum()) and len(saved["recon"]) == len(held):
+            classifier = PatchClassifier(len(classes))
+            classifier.load_state_dict(saved["classifier"])
+            return classifier.eval(), saved["recon"]
+    y = torch.tensor([classes.index(lab) for lab in d["labels"]])
+    classifier, _ = train_classifier(d["pixels"], y, seconds=float("inf"), max_steps=600, seed=0, classes=len(classes))
+    recon = torch.from_numpy(np.concatenate([demo.reconstruct(vae, held[s:s + 50]) for s in range(0, len(held), 50)]))
+    recon = recon.permute(0, 3, 1, 2).contiguous()
+    if cache is not None:
+        torch.save({"classifier": classifier.state_dict(), "recon": recon, "held_sum": int(held.sum())}, cache)
+    return classifier, recon
+
+
+def generated_set(model, vae, text, classes, captions, sampler: dict, per_class: int, folder: Path):
+    """(uint8 (N, H, W, 3) generations, class indices, sampling CPU s), kept in ``folder/generated.npz``
+    (an interrupted sweep resumes from it; the judge can come later)."""
+    import numpy as np
+
+    from mupd.train import demo
+
+    cached = folder / "generated.npz"
+    if cached.exists():
+        saved = np.load(cached)
+        return saved["images"], saved["labels"], float(saved["cpu"])
+    t0, fakes, labels = time.process_time(), [], []
+    latent_shape = (model.config.in_channels, model.config.input_size, model.config.input_size)
+    for k, cls in enumerate(classes):
+        tokens, mask = text.encode([captions[str(cls)]] * 50)
+        for start in range(0, per_class, 50):
+            n = min(50, per_class - start)
+            fakes.append(demo.generate(model, vae, {"text": (tokens[:n], mask[:n])}, n, latent_shape, sampler, seed=1000 + 97 * k + start))
+            labels += [k] * n
+    images, labels, cpu = np.concatenate(fakes), np.array(labels), time.process_time() - t0
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(folder / "generated.tmp.npz", images=images, labels=labels, cpu=cpu)
+    (folder / "generated.tmp.npz").replace(cached)
+    return images, labels, cpu
+
+
+def sampler_sweep(checkpoint: Path, names: list[str], per_class: int, out: Path, threads: int, cache: Path | None,
+                  generate_only: bool = False) -> None:
     """Re-sample one trained demo model with each sampler; recognition and FID vs held-out real."""
     import numpy as np
 
     from mupd.bundle import load_bundle
     from mupd.train import demo
-    from mupd.train.demo_check import evaluate_generations, train_classifier
+    from mupd.train.demo_check import evaluate_generations
     from mupd.train.preview import labelled_grid, save_png
 
     bundle = load_bundle(checkpoint)
     model, vae, text = bundle.model, bundle.vae, bundle.encoders["text"]
-    d = demo._prepare_data(None, 0, vae.downsample * model.config.input_size, 5.0, None, 2 * per_class)
+    cached = generate_only or (cache is not None and cache.exists())  # training patches only to train the judge
+    d = demo._prepare_data(None, 0, vae.downsample * model.config.input_size, 5.0, 16 if cached else None, 2 * per_class)
     classes, captions, held = d["classes"], d["captions"], d["held_pixels"]
-    y = torch.tensor([classes.index(lab) for lab in d["labels"]])
-    classifier, _ = train_classifier(d["pixels"], y, seconds=float("inf"), max_steps=600, seed=0, classes=len(classes))
-    recon = torch.from_numpy(np.concatenate([demo.reconstruct(vae, held[s:s + 50]) for s in range(0, len(held), 50)]))
-    recon = recon.permute(0, 3, 1, 2).contiguous()
+    run = checkpoint.resolve().parent.name
+    sets = {name: generated_set(model, vae, text, classes, captions, demo.demo_sampler(SAMPLERS[name]), per_class,
+                                out.with_suffix("") / f"{run}+{name}") for name in names}
+    if generate_only:
+        return
+    classifier, recon = judge(d, vae, cache)
     real_labels = np.array([classes.index(r.label) for r in d["held_recs"]])
-    latent_shape = (model.config.in_channels, model.config.input_size, model.config.input_size)
     document = json.loads(out.read_text()) if out.exists() else {"results": {}}
-    for name in names:
-        sampler = demo.demo_sampler(SAMPLERS[name])
-        t0, fakes, labels, rows = time.process_time(), [], [], []
+    pick = lambda e: {k: round(e[k], 4) for k in ("value", "low", "high")}  # noqa: E731
+    for name, (images, labels, cpu) in sets.items():
+        key = f"{run}+{name}"  # the run folder's name + the sampler's
+        rows = []
         for k, cls in enumerate(classes):
-            tokens, mask = text.encode([captions[str(cls)]] * 50)
-            images = np.concatenate([demo.generate(model, vae, {"text": (tokens[:n], mask[:n])}, n, latent_shape, sampler,
-                                                   seed=1000 + 97 * k + start)
-                                     for start in range(0, per_class, 50) for n in [min(50, per_class - start)]])
-            fakes.append(images)
-            labels += [k] * len(images)
             shown = np.asarray(held[np.flatnonzero(real_labels == k)[:8]].permute(0, 2, 3, 1))
-            rows += [(f"real (held out): {captions[str(cls)]}", shown), (f"generated ({name}): {captions[str(cls)]}", images[:8]),
-                     ("", images[8:16])]
-        cpu = time.process_time() - t0
-        fake = torch.from_numpy(np.concatenate(fakes)).permute(0, 3, 1, 2).contiguous()
-        ev = evaluate_generations(classifier, real=held, real_labels=real_labels, fake=fake, fake_labels=np.array(labels), recon=recon)
-        grid = out.with_suffix("") / f"sampler-{name}" / "samples.png"
-        save_png(labelled_grid(rows, scale=2), grid)
-        pick = lambda e: {k: round(e[k], 4) for k in ("value", "low", "high")}  # noqa: E731
-        document["results"][f"sampler:{name}"] = {
-            "name": name, "model": str(checkpoint), "sampler": sampler, "n_per_class": per_class,
+            mine = images[labels == k]
+            rows += [(f"real (held out): {captions[str(cls)]}", shown), (f"generated ({name}): {captions[str(cls)]}", mine[:8]),
+                     ("", mine[8:16])]
+        grid = save_png(labelled_grid(rows), out.with_suffix("") / key / "samples.png")  # native 96 px: no upscaling
+        fake = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        ev = evaluate_generations(classifier, real=held, real_labels=real_labels, fake=fake, fake_labels=labels, recon=recon)
+        document["results"][key] = {
+            "name": key, "model": str(checkpoint), "sampler": demo.demo_sampler(SAMPLERS[name]), "n_per_class": per_class,
             "recognised": pick(ev["class_recognition"]["generated"]),
             "per_class": {c: round(v["value"], 3) for c, v in ev["class_recognition"]["generated_per_class"].items()},
             "fid_generated": pick(ev["generated_vs_real"]["fid"]), "fid_reconstructions": pick(ev["autoencoder_reconstructions_vs_real"]["fid"]),
             "classifier_real_accuracy": pick(ev["class_recognition"]["held_out_real"]),
             "sampling_cpu_seconds": round(cpu, 1), "grid": str(grid.relative_to(out.parent)),
             "hardware": f"shared 2-core CPU, {threads} torch thread, load average {' '.join(open('/proc/loadavg').read().split()[:3])}"}
-        print(json.dumps(document["results"][f"sampler:{name}"]), flush=True)
+        print(json.dumps(document["results"][key]), flush=True)
         out.write_text(json.dumps(document, indent=2) + "\n")
 
 
@@ -170,11 +217,14 @@ def main() -> int:
     parser.add_argument("--classifier-steps", type=int, default=600)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "demo_choice.json"))
     parser.add_argument("--sampler-sweep", default=None, help="a trained demo's pipeline folder: sweep SAMPLERS on it")
+    parser.add_argument("--judge-cache", default=None, help="file keeping the sweep's classifier and reconstructions between runs")
+    parser.add_argument("--generate-only", action="store_true", help="sweep: write the generated sets, judge later")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.sampler_sweep:
         names = args.only.split(",") if args.only != ",".join(CONFIGS) else list(SAMPLERS)
-        sampler_sweep(Path(args.sampler_sweep), names, args.eval_samples // 2, Path(args.out), args.threads)
+        sampler_sweep(Path(args.sampler_sweep), names, args.eval_samples // 2, Path(args.out), args.threads,
+                      Path(args.judge_cache) if args.judge_cache else None, args.generate_only)
         return 0
     _share_encodings()
     _time_generator_cpu()
