@@ -61,7 +61,7 @@ def test_sigkill_and_resume_is_bit_exact(run_config):
     assert 0 < seen < cfg.total_images, "the run finished before it could be killed; raise total_images"
 
     resumed = _train(path)  # automatic resume: the output folder holds a checkpoint
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, resumed.stderr[:3000] + "\n...\n" + resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout and f"at {seen} images" in resumed.stdout
     _train_in_process(ref_cfg)
 
@@ -84,7 +84,7 @@ def test_two_process_torchrun_matches_one_process(run_config):
     cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
            "-m", "mupd", "train", str(two_path)]
     double = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=180)
-    assert double.returncode == 0, double.stderr[-3000:]
+    assert double.returncode == 0, double.stderr[:3000] + "\n...\n" + double.stderr[-3000:]
     a, b = _weights(Path(one_cfg.output)), _weights(Path(two_cfg.output))
     assert a.keys() == b.keys()
     for k in a:
