@@ -76,10 +76,14 @@ def test_demo_says_what_it_needs_without_data(monkeypatch, tmp_path):
 
 def test_demo_sampler_overrides_and_rejects_bad_options_before_loading(tmp_path):
     assert demo_sampler() == DEMO_SAMPLER
+    assert DEMO_SAMPLER["guidance"] == 3.0 and DEMO_SAMPLER["guidance_interval"] == [0.1, 0.9]  # benchmarks/demo_choice.json
     assert demo_sampler({"method": "euler_maruyama"}, steps=8, guidance=3.0) == {**DEMO_SAMPLER, "method": "euler_maruyama",
                                                                                "steps": 8, "guidance": 3.0}
     for bad, message in [({"method": "ddim"}, "sampler method must be one of"), ({"schedule": "cosine"}, "schedule must be"),
-                         ({"schedule": "time_shift", "shift": 0}, "shift must be positive"), ({"steps": 0}, "steps must be")]:
+                         ({"schedule": "time_shift", "shift": 0}, "shift must be positive"), ({"steps": 0}, "steps must be"),
+                         ({"guidance_interval": [0.9, 0.1]}, "guidance_interval must be")]:
         with pytest.raises(MupdError, match=message):
-            run_demo(minutes=0.1, out=tmp_path / "never", sampler=bad, progress=False)
+            demo_sampler(bad)
+    with pytest.raises(MupdError, match="sampler method must be one of"):
+        run_demo(minutes=0.1, out=tmp_path / "never", sampler={"method": "ddim"}, progress=False)
     assert not (tmp_path / "never").exists()  # failed before writing anything

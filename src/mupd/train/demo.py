@@ -28,7 +28,10 @@ from ..errors import MupdError
 
 PCAM_CAPTIONS = {"0": "lymph node, normal tissue", "1": "lymph node, metastatic tumour"}
 DEMO_MODEL = {"depth": 4, "hidden_size": 128, "num_heads": 4}
-DEMO_SAMPLER = {"method": "heun", "steps": 20, "guidance": 2.0, "schedule": "linear", "shift": 1.0}
+# guidance 3 only for 0.1 <= t <= 0.9: on the default model, vs guidance 2 throughout, the requested class is recognised
+# in 78.2 % vs 76.4 % of 500 patches at FID 0.75 vs 0.77 and 5 % less sampling CPU (benchmarks/demo_choice.py; within
+# the CIs, the patches look the same); time-shifted grids change nothing, Euler-Maruyama is worse
+DEMO_SAMPLER = {"method": "heun", "steps": 20, "guidance": 3.0, "schedule": "linear", "shift": 1.0, "guidance_interval": [0.1, 0.9]}
 DEMO_AUTOENCODER = (16, 32, 32)  # the trained fallback: 4x down, 4 latent channels
 AUTOENCODERS = ("auto", "taef2", "trained")
 
@@ -320,7 +323,10 @@ def demo_sampler(overrides: dict | None = None, steps: int | None = None, guidan
         raise MupdError(f"sampler method must be one of {', '.join(METHODS)}, got {sampler['method']!r}")
     time_grid(int(sampler["steps"]), sampler["schedule"], float(sampler["shift"]))  # raises on a bad steps/schedule/shift
     if "guidance_interval" in sampler:
-        sampler["guidance_interval"] = [float(v) for v in sampler["guidance_interval"]]
+        interval = [float(v) for v in sampler["guidance_interval"]]
+        if len(interval) != 2 or not 0.0 <= interval[0] <= interval[1] <= 1.0:
+            raise MupdError(f"sampler guidance_interval must be [low, high] with 0 <= low <= high <= 1, got {sampler['guidance_interval']}")
+        sampler["guidance_interval"] = interval
     return sampler
 
 
