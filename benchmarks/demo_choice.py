@@ -206,6 +206,49 @@ def sampler_sweep(checkpoint: Path, names: list[str], per_class: int, out: Path,
         out.write_text(json.dumps(document, indent=2) + "\n")
 
 
+def latent_diagnostic(checkpoint: Path, out_png: Path, n: int = 400) -> dict:
+    """Why the samples show shards: decode real TAEF2 latents perturbed in ways the generator might err
+    (blur, shrink, noise, channels shuffled per position) next to generated ones; latent statistics."""
+    import torch.nn.functional as F
+
+    from mupd.bundle import load_bundle
+    from mupd.data.images import to_uint8
+    from mupd.flow import sample
+    from mupd.train import demo
+    from mupd.train.preview import labelled_grid, save_png
+
+    bundle = load_bundle(checkpoint)
+    vae, model = bundle.vae, bundle.model
+    d = demo._prepare_data(None, 0, vae.downsample * model.config.input_size, 5.0, n, 16)
+    real = demo._encode_within(vae, d["pixels"], deadline=float("inf"), progress=False)
+    real = (real - vae.latent_mean.view(1, -1, 1, 1)) / vae.latent_std.view(1, -1, 1, 1)
+    tokens, mask = bundle.encoders["text"].encode([d["captions"][str(d["classes"][-1])]] * 64)
+    noise = torch.randn((64, *real.shape[1:]), generator=torch.Generator().manual_seed(5))
+    gen = sample(model, noise, {"text": (tokens, mask)}, method="heun", steps=20, guidance=2.0, schedule="linear")
+
+    def stats(x):
+        xc = x - x.mean((0, 2, 3), keepdim=True)
+        neighbour = ((xc[..., 1:] * xc[..., :-1]).mean((0, 2, 3)) / xc.pow(2).mean((0, 2, 3))).mean()
+        f = xc.transpose(0, 1).reshape(x.shape[1], -1)
+        corr = torch.corrcoef(f)
+        return {"channel_std": round(float(x.std((0, 2, 3)).mean()), 3), "neighbour_corr": round(float(neighbour), 3)}, corr
+
+    (real_stats, real_corr), (gen_stats, gen_corr) = stats(real), stats(gen)
+    eye = torch.eye(real.shape[1])
+    flat = real.double().transpose(0, 1).reshape(real.shape[1], -1)
+    eig = torch.linalg.eigvalsh(torch.cov(flat)).flip(0)
+    x = real[:8]
+    rows = [("real", x), ("real blurred 3x3", F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, 1)), ("real x0.7", 0.7 * x),
+            ("real + noise 0.3", x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))),
+            ("real, channels shuffled per position", x[:, torch.randperm(x.shape[1], generator=torch.Generator().manual_seed(2))]),
+            ("generated", gen[:8])]
+    save_png(labelled_grid([(name, to_uint8(vae.decode(z.float()))) for name, z in rows]), out_png)
+    return {"real": real_stats, "generated": gen_stats,
+            "channel_corr_mean_abs_difference": round(float((real_corr - gen_corr).abs().mean()), 4),
+            "real_offdiagonal_corr_mean_abs": round(float((real_corr - eye).abs().mean()), 4),
+            "pca_variance_kept_by_top_8_16_24": [round(float(eig[:k].sum() / eig.sum()), 3) for k in (8, 16, 24)]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=16000, help="generator images seen per configuration")
@@ -219,8 +262,12 @@ def main() -> int:
     parser.add_argument("--sampler-sweep", default=None, help="a trained demo's pipeline folder: sweep SAMPLERS on it")
     parser.add_argument("--judge-cache", default=None, help="file keeping the sweep's classifier and reconstructions between runs")
     parser.add_argument("--generate-only", action="store_true", help="sweep: write the generated sets, judge later")
+    parser.add_argument("--latent-diagnostic", default=None, help="a trained demo's pipeline folder: latent_diagnostic.png + stats")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.latent_diagnostic:
+        print(json.dumps(latent_diagnostic(Path(args.latent_diagnostic), Path(args.out).with_suffix("") / "latent_diagnostic.png")))
+        return 0
     if args.sampler_sweep:
         names = args.only.split(",") if args.only != ",".join(CONFIGS) else list(SAMPLERS)
         sampler_sweep(Path(args.sampler_sweep), names, args.eval_samples // 2, Path(args.out), args.threads,
