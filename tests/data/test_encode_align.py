@@ -11,15 +11,14 @@ from mupd.data.shards import ShardReader, read_index
 
 
 @pytest.fixture(scope="module")
-def encoded(sample_data, tmp_path_factory):
-    timm = pytest.importorskip("timm")
+def encoded(sample_data, tmp_path_factory, tiny_vit_dir):
+    import shutil
+
     from mupd.encoders.vae import LatentAutoencoder
 
     root = tmp_path_factory.mktemp("align")
     LatentAutoencoder.tiny().save_pretrained(root / "vae")
-    args = dict(img_size=32, patch_size=8, embed_dim=24, depth=1, num_heads=2)
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **args)
-    timm.models.save_for_hf(vit, str(root / "vit"), model_args=args, safe_serialization=True)
+    shutil.copytree(tiny_vit_dir, root / "vit")
     job = EncodeJob(str(sample_data / "pcam" / "valid"), str(root / "vae"), str(root / "shards"), shard_size=6, size=32,
                     batch_size=4, limit=5, align_encoder="timm", encoder_kwargs={"align": {"path": str(root / "vit")}})
     encode_dataset(job, progress=False)

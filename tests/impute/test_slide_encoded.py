@@ -15,17 +15,16 @@ from mupd.cli import main
 
 
 @pytest.fixture(scope="module")
-def encoded(mini_table, tmp_path_factory):
-    timm = pytest.importorskip("timm")
+def encoded(mini_table, tmp_path_factory, tiny_vit_dir):
+    import shutil
+
     from mupd.data.encode import EncodeJob, encode_dataset
     from mupd.data.records import Record, write_manifest
     from mupd.encoders.vae import LatentAutoencoder
 
     root = tmp_path_factory.mktemp("encoded")
     LatentAutoencoder.tiny().save_pretrained(root / "vae")
-    args = dict(img_size=32, patch_size=8, embed_dim=24, depth=1, num_heads=2)
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **args)
-    timm.models.save_for_hf(vit, str(root / "vit"), model_args=args, safe_serialization=True)
+    shutil.copytree(tiny_vit_dir, root / "vit")
     records, bulk = [], {}
     sections = np.asarray(mini_table.section)
     for section in ("B4", "C5"):  # 4 pseudo-slides per section: strips of 12 neighbouring spots

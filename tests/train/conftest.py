@@ -61,17 +61,6 @@ def subprocess_env() -> dict:
 PYTHON = sys.executable
 
 
-@pytest.fixture(scope="session")
-def tiny_vit_dir(tmp_path_factory):
-    """A tiny random timm ViT (32 px, 4x4 patches of 8 px) saved as a local alignment encoder."""
-    timm = pytest.importorskip("timm")
-    folder = tmp_path_factory.mktemp("vit") / "vit"
-    args = dict(img_size=32, patch_size=8, embed_dim=24, depth=1, num_heads=2)
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **args)
-    timm.models.save_for_hf(vit, str(folder), model_args=args, safe_serialization=True)
-    return folder
-
-
 def align_overrides(vit_dir) -> dict:
     """Config overrides that add representation alignment (projector + CLS) with ``tiny_vit_dir``."""
     return {"align": {"encoder": "timm", "path": str(vit_dir), "block": 1, "weight": 1.0, "cls_weight": 0.1, "projector_dim": 32}}
