@@ -249,6 +249,37 @@ def latent_diagnostic(checkpoint: Path, out_png: Path, n: int = 400) -> dict:
             "pca_variance_kept_by_top_8_16_24": [round(float(eig[:k].sum() / eig.sum()), 3) for k in (8, 16, 24)]}
 
 
+def denoising_diagnostic(checkpoint: Path, out_jpg: Path, n: int = 64) -> None:
+    """Where the generator fails: held-out real latents noised to t and denoised by the demo model
+    (small t: the model only has to keep detail; large t: it has to choose the layout), next to the
+    average of 4 real latents rescaled to unit norm (what a generator that averages plausible
+    latents instead of choosing one produces)."""
+    from mupd.bundle import load_bundle
+    from mupd.data.images import to_uint8
+    from mupd.flow import sample
+    from mupd.train import demo
+    from mupd.train.preview import labelled_grid
+
+    bundle = load_bundle(checkpoint)
+    vae, model = bundle.vae, bundle.model
+    d = demo._prepare_data(None, 0, vae.downsample * model.config.input_size, 5.0, n, 32)
+    real = demo._encode_within(vae, d["held_pixels"][:32], deadline=float("inf"), progress=False)
+    real = (real - vae.latent_mean.view(1, -1, 1, 1)) / vae.latent_std.view(1, -1, 1, 1)
+    x = real[:8]
+    tokens, mask = bundle.encoders["text"].encode([d["captions"][str(d["classes"][-1])]] * len(x))
+    decode = lambda z: to_uint8(vae.decode(z.float()))  # noqa: E731
+    rows = [("held-out real", decode(x))]
+    generator = torch.Generator().manual_seed(0)
+    for t in (0.1, 0.3, 0.5, 0.7, 1.0):
+        noised = (1 - t) * x + t * torch.randn(x.shape, generator=generator)
+        z = sample(model, noised, {"text": (tokens, mask)}, method="heun", steps=max(2, round(20 * t)), t_start=t)
+        rows.append((f"noised to t = {t}, denoised", decode(z)))
+    mean4 = real[:32].reshape(4, 8, *real.shape[1:]).mean(0)
+    rows.append(("mean of 4 real latents x 2", decode(2 * mean4)))
+    out_jpg.parent.mkdir(parents=True, exist_ok=True)
+    labelled_grid(rows).convert("RGB").save(out_jpg, quality=88)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=16000, help="generator images seen per configuration")
@@ -263,10 +294,14 @@ def main() -> int:
     parser.add_argument("--judge-cache", default=None, help="file keeping the sweep's classifier and reconstructions between runs")
     parser.add_argument("--generate-only", action="store_true", help="sweep: write the generated sets, judge later")
     parser.add_argument("--latent-diagnostic", default=None, help="a trained demo's pipeline folder: latent_diagnostic.png + stats")
+    parser.add_argument("--denoising-diagnostic", default=None, help="a trained demo's pipeline folder: denoising_diagnostic.jpg")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.latent_diagnostic:
         print(json.dumps(latent_diagnostic(Path(args.latent_diagnostic), Path(args.out).with_suffix("") / "latent_diagnostic.png")))
+        return 0
+    if args.denoising_diagnostic:
+        denoising_diagnostic(Path(args.denoising_diagnostic), Path(args.out).with_suffix("") / "denoising_diagnostic.jpg")
         return 0
     if args.sampler_sweep:
         names = args.only.split(",") if args.only != ",".join(CONFIGS) else list(SAMPLERS)

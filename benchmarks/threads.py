@@ -17,6 +17,10 @@ Timed: ``mupd.train.Trainer.train_step`` (tiny preset, text condition, batch 32 
 same size (``benchmarks/backbone.py``). Reported: images/s, and ``busy / idle`` per policy (1 = no
 loss; the target is >= 0.5). On a shared machine "idle" means "not loaded by this benchmark"; the
 busy cores seen at the start of each run are recorded.
+
+``midrun`` (PASSIVE process): threads are picked on an idle machine, then a spinning job starts; the
+trainer's images/s over the next seconds with the start's choice kept vs re-checked by
+``mupd.settings.ThreadRetuner`` (what ``Trainer.fit`` does every 30 s; here every second).
 """
 
 from __future__ import annotations
@@ -123,6 +127,32 @@ def _worker(wait_policy: str, seconds: float, rounds: int) -> dict:
                     "mupd_images_per_s": statistics.median(row["mupd"]),
                     "diffusers_dit_images_per_s": statistics.median(row["diffusers_dit"]),
                     "all_mupd": [round(v, 1) for v in row["mupd"]], "all_dit": [round(v, 1) for v in row["diffusers_dit"]]}
+    if wait_policy == "PASSIVE":
+        out["midrun"] = _midrun(steps["mupd"], 4 * seconds, batch)
+    return out
+
+
+def _midrun(step, seconds: float, batch: int) -> dict:
+    """A job starts after the threads were picked: keep the start's choice vs retune (every 1 s)."""
+    import torch
+
+    from mupd.settings import ThreadRetuner, apply_threads, settings
+
+    out = {}
+    for mode in ("kept", "retuned"):
+        settings.threads = None
+        apply_threads()  # automatic, on the idle machine
+        start_threads = torch.get_num_threads()
+        retune = ThreadRetuner(every=1.0, enabled=mode == "retuned")
+        retune()
+        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            rate = _rate(lambda: (retune(), step()), seconds, batch)
+        finally:
+            spinner.kill()
+            spinner.wait()
+        out[mode] = {"threads_at_start": start_threads, "threads_at_end": torch.get_num_threads(), "mupd_images_per_s": rate}
+    out["retuned_over_kept"] = out["retuned"]["mupd_images_per_s"] / out["kept"]["mupd_images_per_s"]
     return out
 
 
@@ -151,7 +181,7 @@ def main() -> int:
     for wait_policy in WAIT_POLICIES:
         runs.update(_run(wait_policy, args.seconds, args.rounds))
         print(wait_policy, "done", flush=True)
-    ratios = {}
+    ratios = {"midrun_retuned_over_kept_mupd": runs["midrun"]["retuned_over_kept"]}
     for policy in POLICIES:
         idle, busy = runs[f"{policy}/idle"], runs[f"{policy}/busy"]
         for model in ("mupd", "diffusers_dit"):

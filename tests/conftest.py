@@ -24,9 +24,14 @@ def sample_data():
 @pytest.fixture(autouse=True)
 def _seed_and_one_thread():
     """Seed 0 per test; back to one thread after a test whose code picked its own (the demo)."""
+    import importlib
+
+    settings_module = importlib.import_module("mupd.settings")
+
     torch.manual_seed(0)
     yield
     torch.set_num_threads(1)
+    settings_module._SET_BY_US["auto"] = False  # a CLI test's automatic threads must not retune later tests
 
 
 @pytest.fixture(scope="session")

@@ -68,6 +68,46 @@ def test_default_threads_leave_out_a_core_another_process_keeps_busy():
         spinner.wait()
 
 
+def test_automatic_threads_follow_other_work_during_a_run_and_fixed_ones_do_not(monkeypatch):
+    """ThreadRetuner: a job that starts takes a thread away, and it comes back when the job ends,
+    while this process's own busy thread is not counted as other work."""
+    import time
+
+    import torch
+
+    from mupd.settings import ThreadRetuner, apply_threads, available_cores, settings
+
+    cores = available_cores()
+    if cores < 2:
+        pytest.skip("needs at least two usable cores")
+    monkeypatch.setattr(settings, "threads", None)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    apply_threads()  # automatic
+    torch.set_num_threads(cores)
+    retune = ThreadRetuner(every=0.0)
+    assert retune() is None  # the first call only takes a snapshot
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(1.0)
+        assert retune() == cores - 1 and torch.get_num_threads() == cores - 1
+    finally:
+        spinner.kill()
+        spinner.wait()
+    end = time.process_time() + 1.0
+    while time.process_time() < end:  # this process keeps one core busy itself
+        pass
+    assert retune() == cores and torch.get_num_threads() == cores
+    apply_threads(1)  # fixed: never changed
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        retune()
+        time.sleep(1.0)
+        assert retune() is None and torch.get_num_threads() == 1
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
 def test_no_command_prints_help_and_user_errors_are_one_line(capsys, tmp_path):
     assert main([]) == 1
     assert "COMMAND" in capsys.readouterr().out

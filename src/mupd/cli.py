@@ -106,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        if hasattr(args, "threads"):  # heavy commands: resolve --threads / MUPD_THREADS / idle cores once
+        if hasattr(args, "threads"):  # heavy commands: --threads / MUPD_THREADS / idle cores, before torch loads
             from .settings import apply_threads
 
-            args.threads = apply_threads(args.threads, import_torch=False)
+            apply_threads(args.threads, import_torch=False)  # args.threads stays None when automatic
         return int(args.func(args) or 0)
     except MupdError as exc:
         print(f"mupd: error: {exc}", file=sys.stderr)

@@ -7,7 +7,9 @@ CPU threads: ``mupd.settings.threads = 4``, ``MUPD_THREADS=4`` or ``--threads 4`
 command (the CLI applies it before the command runs; in Python call ``apply_threads()``); an
 exported ``OMP_NUM_THREADS`` is respected next; otherwise (default) the cores this process may use
 (``os.sched_getaffinity``) minus those another process keeps busy right now (sampled from
-``/proc/stat`` over 0.1 s). Importing mupd before torch also sets
+``/proc/stat`` over 0.1 s). That automatic choice is re-checked every 30 s during training
+(``retune_threads``): threads drop when another job takes a core and come back when it leaves. A
+fixed choice (``--threads``, ``MUPD_THREADS``, ``OMP_NUM_THREADS``) is never changed. Importing mupd before torch also sets
 ``OMP_WAIT_POLICY=PASSIVE`` unless it is set: OpenMP threads then sleep instead of spin-waiting.
 Why: a spinning OpenMP thread on a core another job holds stalls every parallel op (2 cores, one
 busy: 6.8 img/s with 2 threads vs 66.5 with 1; ``benchmarks/threads.py`` measures the policies).
@@ -77,7 +79,7 @@ def enable_tf32(device) -> None:
         torch.set_float32_matmul_precision("high")  # not fp32_precision="tf32": reading allow_tf32 after that raises
 
 
-_SET_BY_US: dict = {}  # OMP_NUM_THREADS written by apply_threads is not a user's choice
+_SET_BY_US: dict = {}  # OMP_NUM_THREADS written by apply_threads is not a user's choice; "auto": threads were not fixed
 
 
 def _env_threads() -> int | str | None:
@@ -124,6 +126,11 @@ def busy_cores(interval: float = 0.1) -> float:
         after = _cpu_times(cpus)
     except (AttributeError, OSError, ValueError):
         return 0.0
+    return _busy_between(before, after)
+
+
+def _busy_between(before: dict, after: dict) -> float:
+    """Busy cores (all processes) between two ``_cpu_times`` snapshots."""
     busy = 0.0
     for cpu, (idle, total) in after.items():
         d_total = total - before.get(cpu, (idle, total))[1]
@@ -145,9 +152,13 @@ def resolve_threads(threads: int | None = None) -> int:
     from .errors import MupdError
 
     chosen = threads if threads is not None else settings.threads
+    _SET_BY_US["auto"] = False
     if chosen is None:
         omp = os.environ.get("OMP_NUM_THREADS", "").strip()
-        return int(omp) if omp.isdigit() and int(omp) > 0 and not _SET_BY_US.get("omp") else default_threads()
+        if omp.isdigit() and int(omp) > 0 and not _SET_BY_US.get("omp"):
+            return int(omp)
+        _SET_BY_US["auto"] = True
+        return default_threads()
     if not isinstance(chosen, int) or chosen < 1:
         where = "--threads" if threads is not None else "mupd.settings.threads / $MUPD_THREADS"
         raise MupdError(f"{where} must be a positive integer (CPU threads), not {chosen!r}")
@@ -168,6 +179,45 @@ def apply_threads(threads: int | None = None, *, import_torch: bool = True) -> i
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+class ThreadRetuner:
+    """Re-runs the automatic thread choice during a long loop: call it every step; at most every
+    ``every`` seconds it measures, from ``/proc/stat`` and this process's own CPU time since the last
+    look, how many cores other work keeps busy, and sets torch's threads to the rest. It does
+    nothing when the threads were fixed by the user (or by ``deterministic`` training, whose
+    bit-exact resume needs one thread count throughout). Why: the choice made at start goes stale
+    when another job starts or ends, and OpenMP threads on a busy core stall every op."""
+
+    def __init__(self, every: float = 30.0, enabled: bool = True):
+        self.every, self.enabled, self._last = every, enabled, None
+
+    def __call__(self) -> int | None:
+        """The new thread count when it changed, else None."""
+        import time
+
+        if not (self.enabled and _SET_BY_US.get("auto")):
+            return None
+        now = time.monotonic()
+        if self._last is not None and now - self._last[0] < max(self.every, 0.5):  # /proc/stat counts in 10 ms ticks
+            return None
+        try:
+            snapshot = (now, time.process_time(), _cpu_times(os.sched_getaffinity(0)))
+        except (AttributeError, OSError, ValueError):
+            self.enabled = False  # no /proc/stat (macOS, Windows): keep the start's choice
+            return None
+        last, self._last = self._last, snapshot
+        if last is None:
+            return None
+        others = max(0.0, _busy_between(last[2], snapshot[2]) - (snapshot[1] - last[1]) / max(now - last[0], 1e-9))
+        cores = available_cores()
+        n = max(1, min(cores, int(cores - others + 0.5)))
+        import torch
+
+        if n == torch.get_num_threads():
+            return None
+        torch.set_num_threads(n)
+        return n
 
 
 def add_threads_argument(parser) -> None:

