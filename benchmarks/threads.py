@@ -51,9 +51,11 @@ def _models(batch: int, latent: int):
 
     import torch
     from diffusers import DiTTransformer2DModel
-    from train import Trainer, TrainConfig, _data  # benchmarks/train.py
 
     from mupd.models.config import MuPDConfig
+    from mupd.train.config import TrainConfig
+    from mupd.train.data import TrainData
+    from mupd.train.loop import Trainer
 
     tmp = Path(tempfile.mkdtemp(prefix="mupd-threads-"))
     cfg = TrainConfig.from_dict({
@@ -61,7 +63,10 @@ def _models(batch: int, latent: int):
         "total_images": 10**9, "precision": "fp32", "progress": False, "ema": {"decay": 0.999},
         "conditions": {"text": {"name": "hashed-words", "kwargs": {"width": 64, "max_length": 16}}},
     })
-    trainer = Trainer(cfg, data=_data(4 * batch, latent, ["normal tissue", "metastatic tumour"]), device="cpu", resume=False)
+    n, captions = 4 * batch, ["normal tissue", "metastatic tumour"]
+    data = TrainData(torch.randn(n, 4, latent, latent, generator=torch.Generator().manual_seed(0)), torch.arange(n) % 2,
+                     [captions[i % 2] for i in range(n)], ids=[str(i) for i in range(n)], class_names=["0", "1"])
+    trainer = Trainer(cfg, data=data, device="cpu", resume=False)
     mcfg = MuPDConfig.from_preset("tiny", input_size=latent, modalities=())
     torch.manual_seed(0)
     dit = DiTTransformer2DModel(num_attention_heads=mcfg.num_heads, attention_head_dim=mcfg.head_dim,
