@@ -7,10 +7,13 @@ requested class, and the sample grid. Writes ``benchmarks/results/demo_choice.js
 
     python benchmarks/demo_choice.py --images 16000 --only taef2-96,trained-64
     python benchmarks/demo_choice.py --sampler-sweep RUN/checkpoint --only heun20,shift3 --eval-samples 200
+    python benchmarks/demo_choice.py --denoising-diagnostic RUN/checkpoint
 
 The second form re-samples one trained demo model (its pipeline folder) with each sampler in
 ``SAMPLERS`` (no retraining) and records ``<run folder>+<sampler>`` entries; the same classifier (trained
-on the demo's training patches, 600 steps) and the same held-out patches serve every sampler.
+on the demo's training patches, 600 steps) and the same held-out patches serve every sampler. The
+third writes ``demo_choice/denoising_diagnostic.jpg``: held-out real latents noised to t and denoised
+by the model, which shows at which noise level the samples stop looking like tissue.
 
 TAEF2 latents of the training patches are encoded once per image size and shared between
 configurations (the trained autoencoder is retrained each time it is used).
