@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mupd.settings import sample_data_dir
+from mupd.settings import _SET_BY_US, sample_data_dir
 
 # The models here are tiny, so intra-op threads only add OpenMP spin-waiting (several times slower on
 # a shared 2-core machine); one thread also makes fixtures of any scope bit-reproducible.
@@ -24,14 +24,10 @@ def sample_data():
 @pytest.fixture(autouse=True)
 def _seed_and_one_thread():
     """Seed 0 per test; back to one thread after a test whose code picked its own (the demo)."""
-    import importlib
-
-    settings_module = importlib.import_module("mupd.settings")
-
     torch.manual_seed(0)
     yield
     torch.set_num_threads(1)
-    settings_module._SET_BY_US["auto"] = False  # a CLI test's automatic threads must not retune later tests
+    _SET_BY_US["auto"] = False  # a CLI test's automatic threads must not retune later tests
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,10 @@ command (the CLI applies it before the command runs; in Python call ``apply_thre
 exported ``OMP_NUM_THREADS`` is respected next; otherwise (default) the cores this process may use
 (``os.sched_getaffinity``) minus those another process keeps busy right now (sampled from
 ``/proc/stat`` over 0.1 s). That automatic choice is re-checked every 30 s during training
-(``retune_threads``): threads drop when another job takes a core and come back when it leaves. A
-fixed choice (``--threads``, ``MUPD_THREADS``, ``OMP_NUM_THREADS``) is never changed. Importing mupd before torch also sets
-``OMP_WAIT_POLICY=PASSIVE`` unless it is set: OpenMP threads then sleep instead of spin-waiting.
+(``ThreadRetuner``): threads drop when another job takes a core and come back when it leaves; a
+fixed choice (``--threads``, ``MUPD_THREADS``, ``OMP_NUM_THREADS``) is never changed. Importing mupd
+before torch also sets ``OMP_WAIT_POLICY=PASSIVE`` unless it is set: OpenMP threads then sleep
+instead of spin-waiting.
 Why: a spinning OpenMP thread on a core another job holds stalls every parallel op (2 cores, one
 busy: 6.8 img/s with 2 threads vs 66.5 with 1; ``benchmarks/threads.py`` measures the policies).
 """

@@ -36,7 +36,8 @@ class PatchClassifier(nn.Module):
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-        return torch.cat([self.features((c.float() / 127.5 - 1).contiguous(memory_format=torch.channels_last)) for c in images.split(batch_size)]).double().numpy()
+        chunks = ((c.float() / 127.5 - 1).contiguous(memory_format=torch.channels_last) for c in images.split(batch_size))
+        return torch.cat([self.features(c) for c in chunks]).double().numpy()
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
