@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 import sys
@@ -121,8 +122,6 @@ def busy_cores(interval: float = 0.1) -> float:
     try:
         cpus = os.sched_getaffinity(0)
         before = _cpu_times(cpus)
-        import time
-
         time.sleep(interval)
         after = _cpu_times(cpus)
     except (AttributeError, OSError, ValueError):
@@ -195,8 +194,6 @@ class ThreadRetuner:
 
     def __call__(self) -> int | None:
         """The new thread count when it changed, else None."""
-        import time
-
         if not (self.enabled and _SET_BY_US.get("auto")):
             return None
         now = time.monotonic()
@@ -224,7 +221,8 @@ class ThreadRetuner:
 def add_threads_argument(parser) -> None:
     """``--threads N`` for a heavy command (the CLI root applies it before the command runs)."""
     parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="CPU threads (default: $MUPD_THREADS, else the cores this process may use that are not busy)")
+                        help="CPU threads (default: $MUPD_THREADS, else the cores this process may use that are not busy, "
+                             "re-checked every 30 s while training)")
 
 
 def cache_dir() -> Path:
