@@ -44,6 +44,9 @@ CONFIGS = {
     # equal generator CPU time as 45k images of the default (train-step cost ratios 2.58x, 1.80x, same process)
     "taef2-96-p1w96": {"autoencoder": "taef2", "image_size": 96, "model": {"depth": 4, "hidden_size": 96, "num_heads": 4, "patch_size": 1}},
     "taef2-96-p2w192": {"autoencoder": "taef2", "image_size": 96, "model": {"depth": 4, "hidden_size": 192, "num_heads": 6}},
+    # SANA's Mix-FFN at patch 1: 4x the CPU per image; nucleus-like structure at 200,000 images (README)
+    "taef2-96-p1-mixffn": {"autoencoder": "taef2", "image_size": 96,
+                           "model": {"depth": 4, "hidden_size": 128, "num_heads": 4, "patch_size": 1, "conv_mlp": True}},
 }
 
 SAMPLERS = {  # overrides of mupd.train.demo.DEMO_SAMPLER

@@ -54,8 +54,8 @@ def test_training_forward_has_no_graph_breaks(present):
 
 def test_shared_attention_cls_and_checkpointing_have_no_graph_breaks():
     """The other training configurations: shared-attention ablation, CLS token + REPA hidden
-    states, activation checkpointing."""
-    model = model_with_three_modalities(attention="shared", cls_dim=5, repa_block=1, grad_checkpointing=True)
+    states, activation checkpointing, the convolutional MLP."""
+    model = model_with_three_modalities(attention="shared", cls_dim=5, repa_block=1, grad_checkpointing=True, conv_mlp=True)
     x, t = latents()
     conditions = training_conditions(("image", "text", "rna"))
     explained = torch._dynamo.explain(model)(x, t, conditions, cls=torch.randn(B, 5), return_extras=True)

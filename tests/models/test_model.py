@@ -345,3 +345,49 @@ def test_prepared_conditions_cache_keys_and_values(attention):
             model(x[:2], t[:2], prepared)
     with pytest.raises(MupdError, match="no_grad"):
         model(x, t, prepared)
+
+
+def test_conv_mlp_is_the_plain_mlp_with_an_identity_kernel():
+    torch.manual_seed(0)
+    mixed = perturb_zero_init_(tiny(conv_mlp=True, cls_dim=12))  # with a CLS token past the grid
+    plain = tiny(cls_dim=12)
+    missing, unexpected = plain.load_state_dict(mixed.state_dict(), strict=False)
+    assert not missing and unexpected and all(".mlp.conv." in k for k in unexpected)
+    with torch.no_grad():
+        for block in mixed.blocks:
+            block.mlp.conv.weight.zero_()
+            block.mlp.conv.weight[:, 0, 1, 1] = 1.0
+            block.mlp.conv.bias.zero_()
+    x, t = inputs()
+    c, cls = conds(), torch.randn(3, 12)
+    assert torch.allclose(mixed(x, t, c, cls=cls), plain(x, t, c, cls=cls), atol=1e-6)
+
+
+@pytest.mark.parametrize("conv_mlp", [False, True])
+def test_conv_mlp_mixes_exactly_the_neighbouring_patches(conv_mlp):
+    # one block with its attention gate closed: only the MLP can move information between patches
+    model = perturb_zero_init_(MuPD.from_preset("tiny", depth=1, modalities=(), conv_mlp=conv_mlp))
+    D = model.config.hidden_size
+    with torch.no_grad():
+        model.blocks[0].adaLN_modulation[-1].weight[2 * D:3 * D].zero_()  # gate_msa
+        model.blocks[0].adaLN_modulation[-1].bias[2 * D:3 * D].zero_()
+    x = torch.randn(1, 4, 8, 12)  # a 4 x 6 grid of 2 x 2 patches: rows and columns cannot be swapped unnoticed
+    bumped = x.clone()
+    bumped[..., 2:4, 8:10] += 1.0  # patch (row 1, column 4)
+    changed = (model(bumped, 0.5) - model(x, 0.5)).abs().amax(dim=(0, 1)).reshape(4, 2, 6, 2).amax(dim=(1, 3)) > 1e-6
+    expected = torch.zeros(4, 6, dtype=torch.bool)
+    if conv_mlp:
+        expected[0:3, 3:6] = True  # the 3 x 3 neighbourhood
+    else:
+        expected[1, 4] = True
+    assert torch.equal(changed, expected), changed
+
+
+def test_conv_mlp_round_trips_through_save_pretrained(tmp_path):
+    model = perturb_zero_init_(tiny(conv_mlp=True))
+    model.save_pretrained(tmp_path / "m")
+    loaded = MuPD.from_pretrained(tmp_path / "m", use_ema=False)
+    assert loaded.config.conv_mlp
+    x, t = inputs()
+    c = conds()
+    assert torch.equal(loaded(x, t, c), model(x, t, c))

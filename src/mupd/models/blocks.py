@@ -15,37 +15,50 @@ from .attention import ConditionTokens, DecoupledCrossAttention, SelfAttention, 
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    """DiT's MLP; with ``conv`` a depthwise 3x3 convolution over the token grid follows ``fc1``
+    (SANA's Mix-FFN), so neighbouring patches mix from the first step instead of only once
+    attention has learnt to be local. Tokens past the grid (a CLS token) skip the convolution."""
+
+    def __init__(self, dim: int, hidden: int, conv: bool = False):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
+        self.conv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden) if conv else None
         self.act = nn.GELU(approximate="tanh")
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] = (0, 0)) -> torch.Tensor:
+        h = self.fc1(x)
+        if self.conv is not None:
+            gh, gw = grid
+            n = gh * gw
+            img = h[:, :n].transpose(1, 2).reshape(h.shape[0], -1, gh, gw)
+            img = self.conv(img).flatten(2).transpose(1, 2)
+            h = torch.cat([img, h[:, n:]], dim=1) if h.shape[1] > n else img
+        return self.fc2(self.act(h))
 
 
 class MuPDBlock(nn.Module):
     """self-attention -> cross-modal attention (one stream per modality present) -> MLP."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, modalities: tuple[str, ...], attention: str):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, modalities: tuple[str, ...], attention: str, conv_mlp: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = SelfAttention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), conv_mlp)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         self.cross = None
         if modalities:
             cls = DecoupledCrossAttention if attention == "decoupled" else SharedCrossAttention
             self.cross = cls(dim, num_heads, modalities)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, conds: dict[str, ConditionTokens], scales: dict[str, float]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, conds: dict[str, ConditionTokens], scales: dict[str, float],
+                grid: tuple[int, int] = (0, 0)) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
         x = torch.addcmul(x, gate_msa.unsqueeze(1), self.attn(modulate(self.norm1(x), shift_msa, scale_msa)))
         if self.cross is not None and conds:
             x = self.cross(x, c, conds, scales)
-        x = torch.addcmul(x, gate_mlp.unsqueeze(1), self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
+        x = torch.addcmul(x, gate_mlp.unsqueeze(1), self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp), grid))
         return x
 
 

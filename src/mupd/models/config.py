@@ -35,7 +35,9 @@ class MuPDConfig:
     as a vector of scalars (e.g. ``{"rna": 331}`` pathway scores) that the model turns into one token
     per entry, ``token_i = x_i * e_i + b_i``. ``repa_block``: 1-based index of the block whose output
     tokens are returned as ``extras["hidden"]`` (REPA). ``cls_dim``: width of a REG-style encoder CLS
-    vector denoised alongside the image. ``time_scale``: the network sees ``t * time_scale`` (1000
+    vector denoised alongside the image. ``conv_mlp``: a depthwise 3x3 convolution over the token
+    grid inside every MLP (SANA's Mix-FFN), so neighbouring patches mix from the first step; the
+    one change that brought nucleus-like structure to the CPU demo (README). ``time_scale``: the network sees ``t * time_scale`` (1000
     gives DiT's timestep range; SiT/REPA weights use 1). ``timestep_freq_shift``: 0 = DiT/SiT
     sinusoid, 1 = diffusers' DiT. ``time_reversed``: the network runs SiT's time (data at 1): it sees
     ``1 - t`` and predicts ``data - noise``, which ``forward`` negates, so callers always get mupd's
@@ -51,6 +53,7 @@ class MuPDConfig:
     depth: int = 28
     num_heads: int = 16
     mlp_ratio: float = 4.0
+    conv_mlp: bool = False
     modalities: tuple[str, ...] = DEFAULT_MODALITIES
     cond_dims: dict[str, int] = field(default_factory=dict)
     vector_modalities: dict[str, int] = field(default_factory=dict)

@@ -65,7 +65,7 @@ class MuPD(nn.Module):
                 }
             )
             self.blocks = nn.ModuleList(
-                [MuPDBlock(D, config.num_heads, config.mlp_ratio, config.modalities, config.attention) for _ in range(config.depth)]
+                [MuPDBlock(D, config.num_heads, config.mlp_ratio, config.modalities, config.attention, config.conv_mlp) for _ in range(config.depth)]
             )
             self.final_layer = FinalLayer(D, config.patch_size, config.out_channels)
             self.cls_head = ClsHead(config.cls_dim, D) if config.cls_dim else None
@@ -90,7 +90,7 @@ class MuPD(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, (VectorTokenizer, SharedCrossAttention)):
+            elif isinstance(module, (VectorTokenizer, SharedCrossAttention, nn.Conv2d)):  # Conv2d: Mix-FFN (patch embed re-set below)
                 module.reset_parameters()
 
         self.apply(basic)
@@ -199,9 +199,9 @@ class MuPD(nn.Module):
         extras: dict[str, torch.Tensor] = {}
         for index, block in enumerate(self.blocks, start=1):
             if cfg.grad_checkpointing and self.training and torch.is_grad_enabled():
-                h = checkpoint(block, h, c, conds, scales, use_reentrant=False)
+                h = checkpoint(block, h, c, conds, scales, (H // p, W // p), use_reentrant=False)
             else:
-                h = block(h, c, conds, scales)
+                h = block(h, c, conds, scales, (H // p, W // p))
             if index == cfg.repa_block:
                 extras["hidden"] = h[:, :N]
         if cls is not None:

@@ -78,8 +78,8 @@ td,th{{border-bottom:1px solid #ddd;padding:4px}} .warn{{color:#a40}} img{{max-w
 <p>A small MuPD (flow matching, decoupled cross-attention on a hashed-words caption stream) trained on the CPU
 for a few minutes in the latent space of {html.escape(ae['which'])}. The autoencoder's reconstructions
 show what this latent space can render (sharp nuclei with TAEF2); a few CPU minutes of generator training give
-H&amp;E colours, white space and dense dark cell clusters but not yet well-formed nuclei: that needs a larger model and
-more training (<code>--minutes</code>, or a GPU).</p>
+H&amp;E colours, white space and dense dark cell clusters but not yet well-formed nuclei: in our runs those need far
+more training than a CPU gives in minutes (GPU scale; the README's demo section has the measurements).</p>
 <p><b>{html.escape(ev.get('summary', ''))}</b></p>
 <h2>Samples</h2><img src="{_png_data(out / 'samples.png')}" alt="real and generated patches per class">
 <h2>Training loss</h2>{f'<img src="{plot}" alt="loss curve">' if plot else '<p>(too few log points)</p>'}
