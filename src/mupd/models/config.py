@@ -37,8 +37,8 @@ class MuPDConfig:
     tokens are returned as ``extras["hidden"]`` (REPA). ``cls_dim``: width of a REG-style encoder CLS
     vector denoised alongside the image. ``conv_mlp``: a depthwise 3x3 convolution over the token
     grid inside every MLP (SANA's Mix-FFN), so neighbouring patches mix from the first step; the
-    one change that brought nucleus-like structure to the CPU demo (README). ``time_scale``: the network sees ``t * time_scale`` (1000
-    gives DiT's timestep range; SiT/REPA weights use 1). ``timestep_freq_shift``: 0 = DiT/SiT
+    one change that brought nucleus-like structure to the CPU demo (README). ``time_scale``: the
+    network sees ``t * time_scale`` (1000 gives DiT's timestep range; SiT/REPA weights use 1). ``timestep_freq_shift``: 0 = DiT/SiT
     sinusoid, 1 = diffusers' DiT. ``time_reversed``: the network runs SiT's time (data at 1): it sees
     ``1 - t`` and predicts ``data - noise``, which ``forward`` negates, so callers always get mupd's
     velocity (``noise - data``, t = 1 noise); set by converting SiT weights (``convention="sit"``).

@@ -183,9 +183,9 @@ class MuPD(nn.Module):
         """
         cfg = self.config
         B, _, H, W = x.shape
-        p = cfg.patch_size
+        grid = (H // cfg.patch_size, W // cfg.patch_size)
         t = self._timesteps(t, B, x.device)
-        h = self.x_embedder(x) + self._pos_embed(H // p, W // p, x.device).to(x.dtype)
+        h = self.x_embedder(x) + self._pos_embed(*grid, x.device).to(x.dtype)
         c = self.t_embedder(1.0 - t if cfg.time_reversed else t)  # SiT weights: data at their t = 1
         if isinstance(conditions, PreparedConditions):
             check_prepared(conditions, B)  # static: a cache is valid for one batch size, without grad
@@ -199,15 +199,15 @@ class MuPD(nn.Module):
         extras: dict[str, torch.Tensor] = {}
         for index, block in enumerate(self.blocks, start=1):
             if cfg.grad_checkpointing and self.training and torch.is_grad_enabled():
-                h = checkpoint(block, h, c, conds, scales, (H // p, W // p), use_reentrant=False)
+                h = checkpoint(block, h, c, conds, scales, grid, use_reentrant=False)
             else:
-                h = block(h, c, conds, scales, (H // p, W // p))
+                h = block(h, c, conds, scales, grid)
             if index == cfg.repa_block:
                 extras["hidden"] = h[:, :N]
         if cls is not None:
             extras["cls_v"] = self.cls_head.out(self.cls_head.norm(h[:, N]))
             h = h[:, :N]
-        out = self.unpatchify(self.final_layer(h, c), H // p, W // p)
+        out = self.unpatchify(self.final_layer(h, c), *grid)
         if cfg.time_reversed:  # SiT predicts data - noise; mupd's velocity is noise - data
             out = -out
         return (out, extras) if return_extras else out
