@@ -78,6 +78,8 @@ def test_preset_table():
         MuPDConfig.from_dict({"hidden": 3})
     with pytest.raises(MupdError, match="divisible"):
         MuPDConfig.from_preset("tiny", num_heads=5)
+    with pytest.raises(MupdError, match="conv_mlp must be true or false, not 'yes'"):
+        MuPDConfig.from_preset("tiny", conv_mlp="yes")
 
 
 def _dit_block_params(D, mlp=4.0):

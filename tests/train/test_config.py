@@ -68,6 +68,13 @@ def test_cli_dry_run_prints_resolved_yaml(tmp_path):
     assert resolved.optim.lr == 5e-4 and resolved.model.preset == "B/2" and resolved.output == "runs/x"
     bad = subprocess.run([sys.executable, "-m", "mupd", "train", str(path), "--optim.nope", "1", "--dry-run"], capture_output=True, text=True)
     assert bad.returncode == 2 and "optim" in bad.stderr and "Traceback" not in bad.stderr
+    # the model's own fields are checked at the dry run too, not once the data has loaded
+    typo = subprocess.run([sys.executable, "-m", "mupd", "train", str(path), "--set", "model.overrides.depthh=3", "--dry-run"],
+                          capture_output=True, text=True)
+    assert typo.returncode == 2 and "unknown MuPDConfig keys ['depthh']" in typo.stderr and "Traceback" not in typo.stderr
+    with pytest.raises(MupdError, match="conv_mlp must be true or false"):
+        TrainConfig.from_yaml(path, overrides=["model.overrides.conv_mlp=maybe"]).validate()
+    assert TrainConfig.from_yaml(path, overrides=["model.overrides.conv_mlp=true"]).validate().model.overrides == {"conv_mlp": True}
 
 
 def test_shard_urls_pass_the_path_check_when_fsspec_knows_the_protocol(tmp_path):

@@ -92,6 +92,8 @@ class MuPDConfig:
         need(self.cls_dim is None or self.cls_dim > 0, f"cls_dim must be positive, not {self.cls_dim}")
         need(self.in_channels > 0 and self.extra_in_channels >= 0 and self.out_channels > 0, "channel counts must be positive")
         need(self.depth >= 1, "depth must be >= 1")
+        for name in ("conv_mlp", "grad_checkpointing", "time_reversed"):  # a YAML "yes"/1 would pass silently
+            need(isinstance(getattr(self, name), bool), f"{name} must be true or false, not {getattr(self, name)!r}")
 
     @property
     def head_dim(self) -> int:

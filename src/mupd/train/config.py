@@ -284,7 +284,18 @@ class TrainConfig:
                   f"conditions.{modality}.trainable: only the RNA token encoders train with the generator; "
                   f"the {modality} encoder stays frozen (drop 'trainable')")
         check(0.0 <= self.dropout.p_each <= 1.0 and 0.0 <= self.dropout.p_all <= 1.0, "dropout probabilities must lie in [0, 1]")
+        self._check_model()
         return self
+
+    def _check_model(self) -> None:
+        """model.preset and model.overrides make a valid MuPDConfig (a typo fails here, at --dry-run,
+        not after the data has loaded); latent size and channels are filled in from the data later."""
+        from ..models.config import MuPDConfig
+
+        try:
+            MuPDConfig.from_preset(self.model.preset, attention=self.model.attention, **self.model.overrides)
+        except MupdError as exc:
+            raise MupdError(f"model (preset {self.model.preset!r}, overrides {self.model.overrides}): {exc}") from None
 
     def accumulation_steps(self, world_size: int) -> int:
         """Micro-batches per optimiser step on each device: global / (per_device x world)."""
