@@ -37,6 +37,8 @@ def test_demo_writes_samples_metrics_report_and_checkpoint(sample_data, tmp_path
     assert 0 <= recognised["low"] <= recognised["value"] <= recognised["high"] <= 1
     assert set(ev["class_recognition"]["generated_per_class"]) == {"0", "1"}
     assert "FID measures" in ev["summary"] and "classifier recognises" in ev["summary"]
+    # the numbers in the sentence are the report's, to three significant digits (1.0264 is not "1")
+    assert f"generated patches {ev['generated_vs_real']['fid']['value']:.3g}," in ev["summary"]
     assert metrics["generator"]["images_seen"] > 0
     assert metrics["generator"]["sampler"] == {**DEMO_SAMPLER, "steps": 4, "schedule": "time_shift", "shift": 2.0}
     assert metrics["data"]["classes"] == {"0": "lymph node, normal tissue", "1": "lymph node, metastatic tumour"}

@@ -107,6 +107,6 @@ def plain_sentence(evaluation: dict) -> str:
     else:
         gap = "at this sample size the generated patches are as close to real tissue as the autoencoder's own reconstructions"
     return (f"FID measures how far a set of patches is from the held-out real ones (0 = indistinguishable): the "
-            f"autoencoder's reconstructions score {floor['value']:.2g}, the best this latent space allows, and the "
-            f"generated patches {gen['value']:.2g}, so {gap}; the classifier recognises the requested class in "
+            f"autoencoder's reconstructions score {floor['value']:.3g}, the best this latent space allows, and the "
+            f"generated patches {gen['value']:.3g}, so {gap}; the classifier recognises the requested class in "
             f"{100 * acc:.0f} % of generated patches.")
